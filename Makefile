@@ -1,0 +1,22 @@
+# Common entry points. Each target installs the venv first (reused while the lock is unchanged).
+PY := .venv/bin/python
+export TF_USE_LEGACY_KERAS := 1
+
+.PHONY: install run test test-fast bench generate
+install:
+	bash scripts/bootstrap.sh
+
+run: install  ## generate the default shop and run the whole TFX pipeline
+	$(PY) -m pipeline.local_runner $(ARGS)
+
+test: install  ## the whole test suite, end-to-end pipeline runs included
+	$(PY) -m pytest -q $(ARGS)
+
+test-fast: install  ## everything but the end-to-end pipeline runs
+	$(PY) -m pytest -q -m "not e2e" $(ARGS)
+
+generate: install
+	$(PY) -m shoprec.data.generate $(ARGS)
+
+bench: install
+	$(PY) -m bench.pipeline $(ARGS)

@@ -1,0 +1,1 @@
+from components.anomalies_gate.component import AnomaliesGate, DataAnomaliesError  # noqa: F401

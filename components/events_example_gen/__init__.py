@@ -1,0 +1,1 @@
+from components.events_example_gen.component import EventsExampleGen  # noqa: F401

@@ -1,0 +1,152 @@
+"""Beam executor of EventsExampleGen: canonical shop files -> time-split tf.Examples.
+
+Each event becomes one tf.Example holding the event's columns, its item's attributes, its
+user's profile and the user's behaviour sequence: the previous ``history_length`` items the
+user acted on strictly *before* the event's timestamp (point in time, no leakage). Events at or
+after the cutoff time (the ``1 - eval_fraction`` quantile of all timestamps) go to ``eval``, the
+rest to ``train``.
+"""
+
+from __future__ import annotations
+
+import collections
+import os
+from typing import Any, Iterable, Iterator
+
+import apache_beam as beam
+import tensorflow as tf
+from apache_beam.transforms import stats
+from google.protobuf import json_format, struct_pb2
+from tfx.components.example_gen import base_example_gen_executor
+from tfx.proto import example_gen_pb2
+
+from shoprec import features
+from shoprec.data import canonical
+
+TRAIN_SPLIT = "train"
+EVAL_SPLIT = "eval"
+_QUANTILES = 1000  # resolution of the time cutoff: 0.1% of events
+
+
+def read_custom_config(exec_properties: dict[str, Any]) -> dict[str, Any]:
+    """Unpacks the ``Struct`` packed into ExampleGen's ``custom_config``."""
+    custom_config = example_gen_pb2.CustomConfig()
+    json_format.Parse(exec_properties["custom_config"], custom_config)
+    struct = struct_pb2.Struct()
+    custom_config.custom_config.Unpack(struct)
+    return json_format.MessageToDict(struct)
+
+
+def _to_example(event: dict[str, Any], history: list[str]) -> tf.train.Example:
+    """Builds the tf.Example of one event with its point-in-time history."""
+
+    def bytes_feature(values: Iterable[str]) -> tf.train.Feature:
+        return tf.train.Feature(bytes_list=tf.train.BytesList(value=[v.encode() for v in values]))
+
+    feature = {}
+    for name, value in event.items():
+        if isinstance(value, str):
+            feature[name] = bytes_feature([value])
+        elif isinstance(value, int):
+            feature[name] = tf.train.Feature(int64_list=tf.train.Int64List(value=[value]))
+        else:
+            feature[name] = tf.train.Feature(float_list=tf.train.FloatList(value=[value]))
+    feature[features.HISTORY] = bytes_feature(history)
+    return tf.train.Example(features=tf.train.Features(feature=feature))
+
+
+class _JoinAndBuildHistory(beam.DoFn):
+    """For one user's events: joins item and user columns, adds history, tags the split."""
+
+    def __init__(self, history_length: int):
+        self._history_length = history_length
+
+    def process(self, user_events: tuple[str, Iterable[dict[str, Any]]], items: dict[str, dict],
+                users: dict[str, dict], cutoff: int) -> Iterator[beam.pvalue.TaggedOutput]:
+        user_id, events = user_events
+        profile = users.get(user_id, {features.AGE_GROUP: ""})
+        ordered = sorted(events, key=lambda e: (e[features.TIMESTAMP], e[features.EVENT_ID]))
+        # Items of events strictly before the current timestamp, consecutive repeats collapsed.
+        past_items: collections.deque[str] = collections.deque(maxlen=self._history_length)
+        same_time_items: list[str] = []  # items of earlier events at the current timestamp
+        current_time = None
+        for event in ordered:
+            if event[features.TIMESTAMP] != current_time:
+                for item_id in same_time_items:
+                    if not past_items or past_items[-1] != item_id:
+                        past_items.append(item_id)
+                same_time_items = []
+                current_time = event[features.TIMESTAMP]
+            item = items.get(event[features.ITEM_ID])
+            if item is None:
+                raise canonical.DataError(
+                    f"{features.EVENTS_FILE}: event {event[features.EVENT_ID]!r} refers to item "
+                    f"{event[features.ITEM_ID]!r}, which is not in {features.ITEMS_FILE}")
+            row = dict(event)
+            row.update({f.name: item[f.name] for f in features.ITEM_ATTRIBUTES})
+            row[features.AGE_GROUP] = profile[features.AGE_GROUP]
+            split = EVAL_SPLIT if event[features.TIMESTAMP] >= cutoff else TRAIN_SPLIT
+            example = _to_example(row, list(past_items))
+            yield beam.pvalue.TaggedOutput(split, example.SerializeToString())
+            same_time_items.append(event[features.ITEM_ID])
+
+
+def _read_rows(pipeline: beam.Pipeline, data_dir: str, file_name: str) -> beam.PCollection:
+    """Reads and parses one canonical CSV file (the header is checked first, eagerly)."""
+    path = os.path.join(data_dir, file_name)
+    positions = canonical.read_header(path)
+    return (pipeline
+            | f"Read[{file_name}]" >> beam.io.ReadFromText(path, skip_header_lines=1)
+            | f"DropBlank[{file_name}]" >> beam.Filter(lambda line: line.strip() != "")
+            | f"Parse[{file_name}]" >> beam.Map(canonical.parse_row, positions, file_name))
+
+
+def _check_unique(rows: beam.PCollection, key: str, file_name: str) -> beam.PCollection:
+    """Keys rows by ``key`` and fails on a duplicate id, naming it."""
+
+    def only_one(keyed: tuple[str, Iterable[dict]]) -> tuple[str, dict]:
+        row_id, group = keyed
+        group = list(group)
+        if len(group) > 1:
+            raise canonical.DataError(f"{file_name}: {key} {row_id!r} appears {len(group)} times")
+        return row_id, group[0]
+
+    return (rows
+            | f"Key[{file_name}]" >> beam.Map(lambda row: (row[key], row))
+            | f"Group[{file_name}]" >> beam.GroupByKey()
+            | f"Unique[{file_name}]" >> beam.Map(only_one))
+
+
+class Executor(base_example_gen_executor.BaseExampleGenExecutor):
+    """Reads events, items and users from ``input_base`` and writes train/eval by time."""
+
+    def GetInputSourceToExamplePTransform(self) -> beam.PTransform:
+        raise NotImplementedError("EventsExampleGen overrides GenerateExamplesByBeam")
+
+    def GenerateExamplesByBeam(self, pipeline: beam.Pipeline,
+                               exec_properties: dict[str, Any]) -> dict[str, beam.PCollection]:
+        config = read_custom_config(exec_properties)
+        eval_fraction = float(config["eval_fraction"])
+        history_length = int(config["history_length"])
+        data_dir = exec_properties["input_base"]
+        canonical.check_data_dir(data_dir)
+
+        events = _read_rows(pipeline, data_dir, features.EVENTS_FILE)
+        items = _check_unique(_read_rows(pipeline, data_dir, features.ITEMS_FILE),
+                              features.ITEM_ID, features.ITEMS_FILE)
+        users = _check_unique(_read_rows(pipeline, data_dir, features.USERS_FILE),
+                              features.USER_ID, features.USERS_FILE)
+        quantiles = (events
+                     | "Timestamps" >> beam.Map(lambda e: e[features.TIMESTAMP])
+                     | "TimeQuantiles" >> stats.ApproximateQuantiles.Globally(_QUANTILES + 1))
+        cutoff = quantiles | "Cutoff" >> beam.Map(
+            lambda q: q[min(len(q) - 1, round((1.0 - eval_fraction) * (len(q) - 1)))])
+        splits = (events
+                  | "ByUser" >> beam.Map(lambda e: (e[features.USER_ID], e))
+                  | "GroupByUser" >> beam.GroupByKey()
+                  | "ToExamples" >> beam.ParDo(
+                      _JoinAndBuildHistory(history_length),
+                      items=beam.pvalue.AsDict(items), users=beam.pvalue.AsDict(users),
+                      cutoff=beam.pvalue.AsSingleton(cutoff)).with_outputs(TRAIN_SPLIT, EVAL_SPLIT))
+        return {TRAIN_SPLIT: splits[TRAIN_SPLIT], EVAL_SPLIT: splits[EVAL_SPLIT]}
+

@@ -1,0 +1,1 @@
+from components.retrieval_evaluator.component import RetrievalEvaluator  # noqa: F401

@@ -1,0 +1,115 @@
+"""Runs the pipeline on this machine: LocalDagRunner, SQLite ML Metadata, Beam DirectRunner.
+
+    python -m pipeline.local_runner                      # generate the default shop, then run
+    python -m pipeline.local_runner --data_dir DIR       # your own canonical files
+    python -m pipeline.local_runner --events 5000 --epochs 1 --output_dir /tmp/run
+
+Everything a run writes lives under ``--output_dir``: ``data/`` (a generated shop),
+``pipeline_root/``, ``metadata.sqlite``, ``serving/<model_name>/<version>/`` and
+``run_summary.json``.
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
+
+import argparse  # noqa: E402
+import dataclasses  # noqa: E402
+import json  # noqa: E402
+import sys  # noqa: E402
+import time  # noqa: E402
+from typing import Sequence  # noqa: E402
+
+from absl import logging  # noqa: E402
+
+from pipeline import pipeline as pipeline_lib  # noqa: E402
+from pipeline import run_summary  # noqa: E402
+from shoprec.config import MODEL_NAME, PIPELINE_NAME, EvalConfig, ShopConfig, TrainConfig  # noqa: E402
+from shoprec.data import canonical  # noqa: E402
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m pipeline.local_runner", description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--output_dir", default="runs/local",
+                        help="everything the run writes (default: %(default)s)")
+    parser.add_argument("--data_dir", default=None,
+                        help="existing canonical files; default: generate a shop in "
+                             "<output_dir>/data")
+    parser.add_argument("--events", type=int, default=ShopConfig.events,
+                        help="events of a generated shop (default: %(default)s)")
+    parser.add_argument("--users", type=int, default=ShopConfig.users)
+    parser.add_argument("--items", type=int, default=ShopConfig.items)
+    parser.add_argument("--seed", type=int, default=ShopConfig.seed)
+    parser.add_argument("--epochs", type=int, default=TrainConfig.epochs)
+    parser.add_argument("--min_ndcg", type=float, default=EvalConfig.min_blessing_value,
+                        help="absolute floor on NDCG@10 for blessing (default: %(default)s)")
+    parser.add_argument("--model_name", default=MODEL_NAME)
+    parser.add_argument("--no_cache", action="store_true", help="rerun every component")
+    return parser
+
+
+def prepare_data(args: argparse.Namespace) -> str:
+    """Returns the data folder, generating the shop first when none is given."""
+    if args.data_dir:
+        canonical.check_data_dir(args.data_dir)
+        return args.data_dir
+    from shoprec.data import generate  # imported here: only this path needs it
+
+    data_dir = os.path.join(args.output_dir, "data")
+    config = ShopConfig(users=args.users, items=args.items, events=args.events, seed=args.seed)
+    marker = os.path.join(data_dir, "shop_config.json")
+    wanted = json.dumps(dataclasses.asdict(config), default=str, sort_keys=True)
+    if os.path.exists(marker) and open(marker).read() == wanted:
+        print(f"reusing the generated shop in {data_dir}")
+        return data_dir
+    print(f"generating a shop: {config.users} users, {config.items} items, {config.events} events")
+    generate.write_shop(generate.generate_shop(config), data_dir, progress=True)
+    with open(marker, "w") as f:
+        f.write(wanted)
+    return data_dir
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.epochs < 1:
+        raise SystemExit("--epochs must be >= 1")
+    logging.set_verbosity(logging.INFO)
+    from tfx import v1 as tfx
+
+    started = time.time()
+    output_dir = os.path.abspath(args.output_dir)
+    args.output_dir = output_dir
+    os.makedirs(output_dir, exist_ok=True)
+    data_dir = os.path.abspath(prepare_data(args))
+    metadata_path = os.path.join(output_dir, "metadata.sqlite")
+    serving_dir = os.path.join(output_dir, "serving")
+    pipeline = pipeline_lib.create_pipeline(
+        pipeline_name=PIPELINE_NAME,
+        pipeline_root=os.path.join(output_dir, "pipeline_root"),
+        data_dir=data_dir,
+        serving_dir=serving_dir,
+        metadata_connection_config=tfx.orchestration.metadata.sqlite_metadata_connection_config(
+            metadata_path),
+        beam_pipeline_args=["--direct_running_mode=in_memory", "--direct_num_workers=1"],
+        train=TrainConfig(epochs=args.epochs),
+        evaluation=EvalConfig(min_blessing_value=args.min_ndcg),
+        model_name=args.model_name,
+        enable_cache=not args.no_cache,
+    )
+    run_started = time.time()
+    tfx.orchestration.LocalDagRunner().run(pipeline)
+    summary = run_summary.collect(metadata_path, PIPELINE_NAME, since=run_started)
+    summary.update(output_dir=output_dir, data_dir=data_dir, serving_dir=serving_dir,
+                   wall_seconds=round(time.time() - started, 1))
+    with open(os.path.join(output_dir, "run_summary.json"), "w") as f:
+        json.dump(summary, f, indent=2)
+    print(run_summary.format_summary(summary))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

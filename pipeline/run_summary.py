@@ -1,0 +1,108 @@
+"""Reads what a pipeline run did back out of ML Metadata: timings, metrics, blessing, push."""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any
+
+import tensorflow as tf
+from ml_metadata.metadata_store import metadata_store
+from ml_metadata.proto import metadata_store_pb2
+
+from components.retrieval_evaluator.component import METRICS_FILE
+
+_STATES = {v: k for k, v in metadata_store_pb2.Execution.State.items()}
+
+
+def open_store(metadata_path: str) -> metadata_store.MetadataStore:
+    """A read-write handle on a SQLite ML Metadata store."""
+    config = metadata_store_pb2.ConnectionConfig()
+    config.sqlite.filename_uri = metadata_path
+    config.sqlite.connection_mode = metadata_store_pb2.SqliteMetadataSourceConfig.READWRITE
+    return metadata_store.MetadataStore(config)
+
+
+def _custom(artifact: metadata_store_pb2.Artifact, key: str) -> Any:
+    if key not in artifact.custom_properties:
+        return None
+    value = artifact.custom_properties[key]
+    return getattr(value, value.WhichOneof("value"))
+
+
+def node_executions(store: metadata_store.MetadataStore, pipeline_name: str,
+                    since: float = 0.0) -> dict[str, list[metadata_store_pb2.Execution]]:
+    """Node id -> its executions created at or after ``since`` (Unix seconds), oldest first."""
+    result = {}
+    prefix = f"{pipeline_name}."
+    for context in store.get_contexts_by_type("node"):
+        if not context.name.startswith(prefix):
+            continue
+        executions = [e for e in store.get_executions_by_context(context.id)
+                      if e.create_time_since_epoch >= since * 1000 - 1]
+        result[context.name[len(prefix):]] = sorted(executions,
+                                                    key=lambda e: e.create_time_since_epoch)
+    return result
+
+
+def output_artifacts(store: metadata_store.MetadataStore,
+                     execution: metadata_store_pb2.Execution) -> list[metadata_store_pb2.Artifact]:
+    """The artifacts an execution produced (or reused from the cache)."""
+    events = store.get_events_by_execution_ids([execution.id])
+    ids = [e.artifact_id for e in events if e.type == metadata_store_pb2.Event.OUTPUT]
+    return store.get_artifacts_by_id(ids) if ids else []
+
+
+def collect(metadata_path: str, pipeline_name: str, since: float) -> dict[str, Any]:
+    """Summary of the run that started at ``since``: per-component time and state, metrics,
+    blessing and the pushed model."""
+    store = open_store(metadata_path)
+    components: dict[str, dict[str, Any]] = {}
+    summary: dict[str, Any] = {"components": components, "metrics": None, "blessed": None,
+                               "pushed": False, "pushed_model": None, "pushed_version": None}
+    for node, executions in node_executions(store, pipeline_name, since).items():
+        if not executions:
+            continue
+        latest = executions[-1]
+        components[node] = {
+            "state": _STATES[latest.last_known_state],
+            "seconds": round((latest.last_update_time_since_epoch
+                              - latest.create_time_since_epoch) / 1000.0, 2),
+        }
+        for artifact in output_artifacts(store, latest):
+            type_name = store.get_artifact_types_by_id([artifact.type_id])[0].name
+            if type_name == "ModelEvaluation":
+                path = os.path.join(artifact.uri, METRICS_FILE)
+                if tf.io.gfile.exists(path):
+                    with tf.io.gfile.GFile(path) as f:
+                        report = json.load(f)
+                    summary["metrics"] = report["metrics"]
+                    summary["blessing_reasons"] = report["reasons"]
+            elif type_name == "ModelBlessing":
+                summary["blessed"] = bool(_custom(artifact, "blessed"))
+            elif type_name == "PushedModel":
+                summary["pushed"] = bool(_custom(artifact, "pushed"))
+                summary["pushed_model"] = _custom(artifact, "pushed_destination")
+                summary["pushed_version"] = _custom(artifact, "pushed_version")
+    return summary
+
+
+def format_summary(summary: dict[str, Any]) -> str:
+    """Human-readable lines for the end of a run."""
+    lines = ["", "=== pipeline run summary ==="]
+    for node, info in summary["components"].items():
+        lines.append(f"  {node:<22} {info['state']:<9} {info['seconds']:>8.1f} s")
+    metrics = summary.get("metrics") or {}
+    for name, values in metrics.items():
+        shown = ", ".join(f"{k}={v:.4f}" for k, v in values.items() if k != "users")
+        lines.append(f"  {name:<11} ({int(values.get('users', 0))} eval users): {shown}")
+    lines.append(f"  blessed: {summary.get('blessed')}"
+                 + (f" ({'; '.join(summary['blessing_reasons'])})"
+                    if summary.get("blessing_reasons") else ""))
+    if summary.get("pushed"):
+        lines.append(f"  pushed: {summary['pushed_model']} (version {summary['pushed_version']})")
+    else:
+        lines.append("  pushed: nothing (the model was not blessed, or the push was cached)")
+    lines.append(f"  wall time: {summary.get('wall_seconds')} s; summary: "
+                 f"{os.path.join(summary.get('output_dir', ''), 'run_summary.json')}")
+    return "\n".join(lines)

@@ -1,0 +1,63 @@
+"""The one home of default settings: shop size, split, model and blessing.
+
+Command-line flags override these; nothing else hard-codes them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+
+
+@dataclasses.dataclass(frozen=True)
+class ShopConfig:
+    """Size and shape of a generated shop (defaults follow the source article)."""
+
+    users: int = 10_000
+    items: int = 5_000
+    events: int = 100_000
+    categories: int = 20
+    brands: int = 15
+    price_mean: float = 50.0
+    price_std: float = 30.0
+    price_min: float = 10.0
+    price_max: float = 200.0
+    start: dt.datetime = dt.datetime(2021, 1, 1, tzinfo=dt.timezone.utc)
+    end: dt.datetime = dt.datetime(2022, 12, 31, 23, 59, 59, tzinfo=dt.timezone.utc)
+    purchase_share: float = 0.2  # clicks : purchases is about 80 : 20
+    seed: int = 42
+
+
+@dataclasses.dataclass(frozen=True)
+class SplitConfig:
+    """Time-based split: events at or after the cutoff quantile of time go to eval."""
+
+    eval_fraction: float = 0.2  # share of events (by time) in the eval split
+    history_length: int = 20  # N previous items kept in each example's behaviour sequence
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    """Two-tower training hyper-parameters."""
+
+    epochs: int = 3
+    batch_size: int = 1024
+    learning_rate: float = 0.05
+    embedding_dim: int = 64  # output width of both towers
+    temperature: float = 0.1
+    logq_correction: bool = True
+    top_k: int = 100  # items returned by the serving signature
+
+
+@dataclasses.dataclass(frozen=True)
+class EvalConfig:
+    """Retrieval evaluation and blessing."""
+
+    ks: tuple[int, ...] = (10, 50, 100)
+    blessing_metric: str = "ndcg@10"
+    min_blessing_value: float = 0.0  # absolute floor the model must clear
+    must_beat_popularity: bool = True
+
+
+MODEL_NAME = "shoprec_retrieval"
+PIPELINE_NAME = "shoprec"

@@ -1,0 +1,141 @@
+"""The TFRS two-tower retrieval model over Transform's outputs (see shoprec.features).
+
+Both towers end in L2-normalised ``[batch, output_dim]`` embeddings, so a score is a cosine
+similarity in [-1, 1]; the task divides it by the temperature. The item-id embedding table is
+shared: the query tower pools it over the behaviour sequence, the candidate tower looks the
+candidate up in it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import tensorflow as tf
+import tensorflow_recommenders as tfrs
+
+from shoprec import features
+
+
+@dataclasses.dataclass(frozen=True)
+class VocabularySizes:
+    """Rows of each embedding table, OOV buckets included (items also count padding row 0)."""
+
+    users: int
+    age_groups: int
+    items: int
+    categories: int
+    brands: int
+
+
+def _vocab_features(sizes: VocabularySizes) -> dict[features.Feature, int]:
+    return {features.USER_ID_FEATURE: sizes.users, features.AGE_GROUP_FEATURE: sizes.age_groups,
+            features.CATEGORY_FEATURE: sizes.categories, features.BRAND_FEATURE: sizes.brands}
+
+
+def _mlp(hidden_units: int, output_dim: int, name: str) -> tf.keras.Sequential:
+    return tf.keras.Sequential([
+        tf.keras.layers.Dense(hidden_units, activation="relu"),
+        tf.keras.layers.Dense(output_dim),
+        tf.keras.layers.UnitNormalization(),
+    ], name=name)
+
+
+def masked_mean(embeddings: tf.Tensor, indices: tf.Tensor) -> tf.Tensor:
+    """Mean of ``[batch, length, dim]`` embeddings over positions whose index is not 0.
+
+    Rows with no items give a zero vector.
+    """
+    mask = tf.cast(indices > 0, embeddings.dtype)[..., tf.newaxis]
+    total = tf.reduce_sum(embeddings * mask, axis=1)
+    return total / tf.maximum(tf.reduce_sum(mask, axis=1), 1.0)
+
+
+class QueryTower(tf.keras.Model):
+    """User id, age group and behaviour sequence -> ``[batch, output_dim]`` unit vectors."""
+
+    def __init__(self, sizes: VocabularySizes, item_embedding: tf.keras.layers.Embedding,
+                 output_dim: int, hidden_units: int = 128):
+        super().__init__(name="query_tower")
+        dims = _vocab_features(sizes)
+        self.embeddings = {
+            f.transformed_name: tf.keras.layers.Embedding(dims[f], f.embedding_dim,
+                                                          name=f"{f.name}_embedding")
+            for f in features.QUERY_FEATURES if f in dims}
+        self.item_embedding = item_embedding
+        self.mlp = _mlp(hidden_units, output_dim, "query_mlp")
+
+    def call(self, inputs: dict[str, tf.Tensor]) -> tf.Tensor:
+        history = inputs[features.HISTORY_FEATURE.transformed_name]
+        parts = [layer(inputs[name]) for name, layer in self.embeddings.items()]
+        parts.append(masked_mean(self.item_embedding(history), history))
+        return self.mlp(tf.concat(parts, axis=1))
+
+
+class CandidateTower(tf.keras.Model):
+    """Item id, category, brand and normalised price -> ``[batch, output_dim]`` unit vectors."""
+
+    def __init__(self, sizes: VocabularySizes, item_embedding: tf.keras.layers.Embedding,
+                 output_dim: int, hidden_units: int = 128):
+        super().__init__(name="candidate_tower")
+        dims = _vocab_features(sizes)
+        self.embeddings = {
+            f.transformed_name: tf.keras.layers.Embedding(dims[f], f.embedding_dim,
+                                                          name=f"{f.name}_embedding")
+            for f in features.CANDIDATE_FEATURES if f in dims}
+        self.item_embedding = item_embedding
+        self.mlp = _mlp(hidden_units, output_dim, "candidate_mlp")
+
+    def call(self, inputs: dict[str, tf.Tensor]) -> tf.Tensor:
+        parts = [layer(inputs[name]) for name, layer in self.embeddings.items()]
+        parts.append(self.item_embedding(inputs[features.ITEM_ID_FEATURE.transformed_name]))
+        price = tf.reshape(inputs[features.PRICE_FEATURE.transformed_name], [-1, 1])
+        parts.append(tf.cast(price, tf.float32))
+        return self.mlp(tf.concat(parts, axis=1))
+
+
+class TwoTowerModel(tfrs.models.Model):
+    """In-batch softmax retrieval with logQ correction for popular items.
+
+    Args:
+      sizes: embedding table sizes from the Transform vocabularies.
+      item_sampling_probability: ``[sizes.items]`` probability that an item index appears as a
+        training positive (its in-batch negative sampling probability). ``None`` turns the logQ
+        correction off.
+      output_dim: width of both tower outputs.
+      temperature: divides the cosine scores before the softmax.
+    """
+
+    def __init__(self, sizes: VocabularySizes, item_sampling_probability: np.ndarray | None,
+                 output_dim: int = 64, temperature: float = 0.1):
+        super().__init__()
+        item_embedding = tf.keras.layers.Embedding(
+            sizes.items, features.ITEM_ID_FEATURE.embedding_dim, name="item_id_embedding")
+        self.query_tower = QueryTower(sizes, item_embedding, output_dim)
+        self.candidate_tower = CandidateTower(sizes, item_embedding, output_dim)
+        self.item_sampling_probability = None
+        if item_sampling_probability is not None:
+            if item_sampling_probability.shape != (sizes.items,):
+                raise ValueError(f"item_sampling_probability has shape "
+                                 f"{item_sampling_probability.shape}, expected ({sizes.items},)")
+            self.item_sampling_probability = tf.constant(item_sampling_probability, tf.float32)
+        self.task = tfrs.tasks.Retrieval(temperature=temperature, remove_accidental_hits=True)
+
+    def compute_loss(self, inputs: dict[str, tf.Tensor], training: bool = False) -> tf.Tensor:
+        item_ids = tf.reshape(inputs[features.ITEM_ID_FEATURE.transformed_name], [-1])
+        sampling_probability = None
+        if self.item_sampling_probability is not None:
+            sampling_probability = tf.gather(self.item_sampling_probability, item_ids)
+        return self.task(self.query_tower(inputs), self.candidate_tower(inputs),
+                         candidate_sampling_probability=sampling_probability,
+                         candidate_ids=item_ids, compute_metrics=False)
+
+
+def sampling_probability(item_indices: np.ndarray, num_items: int) -> np.ndarray:
+    """Empirical probability of each item index among training positives; ``[num_items]``.
+
+    Unseen indices (padding, OOV) get the smallest positive probability, so log Q stays finite.
+    """
+    counts = np.bincount(item_indices.astype(np.int64), minlength=num_items).astype(np.float64)
+    counts[counts == 0] = 1.0
+    return (counts / counts.sum()).astype(np.float32)

@@ -1,0 +1,67 @@
+"""TFX Transform module: raw example features -> model features (see shoprec.features).
+
+* ids and categorical values get vocabularies with OOV buckets, so an unknown value maps to a
+  generic bucket instead of failing;
+* ``item_id`` and ``history`` share one item vocabulary, shifted by one so that index 0 is the
+  padding of the behaviour sequence (item index k -> k + 1, OOV -> vocabulary size + 1);
+* ``history`` becomes a dense ``[batch, history_length]`` int64 matrix, most recent last,
+  zero-padded on the right;
+* ``price`` becomes the z-score of ``log(price)``;
+* ``timestamp`` passes through unchanged, for ordering only.
+"""
+
+import os
+
+os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
+
+import tensorflow as tf  # noqa: E402
+import tensorflow_transform as tft  # noqa: E402
+
+from shoprec import features  # noqa: E402
+from shoprec.config import SplitConfig  # noqa: E402
+
+HISTORY_LENGTH = SplitConfig.history_length
+
+
+def _dense(x: tf.Tensor | tf.SparseTensor) -> tf.Tensor:
+    """``[batch, 1]`` (dense or sparse with one value per row) -> ``[batch]``."""
+    if isinstance(x, tf.SparseTensor):
+        x = tf.sparse.to_dense(x, default_value="" if x.dtype == tf.string else 0)
+    return tf.squeeze(x, axis=1)
+
+
+def item_index(item_ids: tf.Tensor, vocabulary: tf.Tensor) -> tf.Tensor:
+    """Looks item id strings up in the shared item vocabulary, shifted by one (0 = padding)."""
+    return tft.apply_vocabulary(
+        item_ids, vocabulary, num_oov_buckets=features.ITEM_ID_FEATURE.oov_buckets) + 1
+
+
+def history_matrix(history: tf.SparseTensor, vocabulary: tf.Tensor, length: int) -> tf.Tensor:
+    """Variable-length history strings -> ``[batch, length]`` item indices, 0-padded.
+
+    Keeps the *last* ``length`` items of each row (the most recent ones).
+    """
+    ragged = tf.RaggedTensor.from_sparse(history)
+    ragged = ragged[:, -length:]
+    indices = tf.ragged.map_flat_values(item_index, ragged, vocabulary)
+    return indices.to_tensor(default_value=0, shape=[None, length])
+
+
+def preprocessing_fn(inputs: dict[str, tf.Tensor | tf.SparseTensor]) -> dict[str, tf.Tensor]:
+    """tf.Transform callback; see the module docstring for what each output holds."""
+    outputs: dict[str, tf.Tensor] = {}
+    item_ids = _dense(inputs[features.ITEM_ID])
+    item_vocabulary = tft.vocabulary(item_ids, vocab_filename=features.ITEM_ID_VOCAB)
+    outputs[features.ITEM_ID_FEATURE.transformed_name] = item_index(item_ids, item_vocabulary)
+    outputs[features.HISTORY_FEATURE.transformed_name] = history_matrix(
+        inputs[features.HISTORY], item_vocabulary, HISTORY_LENGTH)
+    for feature in (features.USER_ID_FEATURE, features.AGE_GROUP_FEATURE,
+                    features.CATEGORY_FEATURE, features.BRAND_FEATURE):
+        outputs[feature.transformed_name] = tft.compute_and_apply_vocabulary(
+            _dense(inputs[feature.name]), num_oov_buckets=feature.oov_buckets,
+            vocab_filename=f"{feature.name}_vocab")
+    log_price = tf.math.log(tf.maximum(_dense(inputs[features.PRICE]), 1e-3))
+    outputs[features.PRICE_FEATURE.transformed_name] = tft.scale_to_z_score(log_price)
+    # Passed through for ordering only (the trainer's user snapshot); no tower reads it.
+    outputs[features.TIMESTAMP] = _dense(inputs[features.TIMESTAMP])
+    return outputs
