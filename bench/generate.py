@@ -128,8 +128,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         report["time_ratio_largest_to_smallest"] = round(ratio, 2)
         report["size_ratio_largest_to_smallest"] = round(
             largest["events"] / smallest["events"], 2)
+        per_event_s = (largest["total_s"] - smallest["total_s"]) / (
+            largest["events"] - smallest["events"])
+        report["linear_fit"] = {
+            "seconds_per_million_events": round(per_event_s * 1e6, 3),
+            "fixed_seconds": round(smallest["total_s"] - per_event_s * smallest["events"], 3),
+            "note": "the ratio is below the size ratio because drawing items costs about"
+                    " users x items work (and start-up) whatever the event count",
+        }
         print(f"time({largest['events']:,}) / time({smallest['events']:,}) = {ratio:.2f}"
-              f" for {report['size_ratio_largest_to_smallest']}x the events")
+              f" for {report['size_ratio_largest_to_smallest']}x the events;"
+              f" {per_event_s * 1e6:.2f} s per extra million events")
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
     with open(args.out, "w", encoding="utf-8") as out_file:
         json.dump(report, out_file, indent=2)

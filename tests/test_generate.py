@@ -15,6 +15,7 @@ import pytest
 from shoprec import features
 from shoprec.config import ShopConfig
 from shoprec.data import generate
+from shoprec.data import truth as truth_lib
 from shoprec.data.truth import ShopTruth
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -316,3 +317,14 @@ def test_schema_doc_names_every_canonical_column() -> None:
         assert file_name in doc
         for column in columns:
             assert f"`{column.name}`" in doc
+
+
+def test_row_draws_follow_the_weights() -> None:
+    weights = np.array([[1.0, 3.0, 0.0, 2.0, 2.0, 4.0],
+                        [0.0, 0.0, 5.0, 1.0, 0.0, 2.0]])
+    rng = np.random.default_rng(0)
+    for row in (0, 1):
+        n = 40_000
+        columns = truth_lib.draw_columns(weights, np.full(n, row), rng.random(n))
+        np.testing.assert_allclose(np.bincount(columns, minlength=6) / n,
+                                   weights[row] / weights[row].sum(), atol=0.01)

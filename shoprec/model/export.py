@@ -100,21 +100,21 @@ class RetrievalServingModule(tf.Module):
         joined = self.user_histories.lookup(user_id)
         return tf.strings.split(joined, _HISTORY_SEPARATOR).to_tensor(default_value="")
 
-    @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name=features.USER_ID)])
+    @tf.function(autograph=False, input_signature=[tf.TensorSpec([None], tf.string, name=features.USER_ID)])
     def recommend(self, user_id: tf.Tensor) -> dict[str, tf.Tensor]:
         return self._top_k(self._query(user_id, self._snapshot_history(user_id)))
 
-    @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name=features.USER_ID),
+    @tf.function(autograph=False, input_signature=[tf.TensorSpec([None], tf.string, name=features.USER_ID),
                                   tf.TensorSpec([None, None], tf.string, name=features.HISTORY)])
     def recommend_with_history(self, user_id: tf.Tensor, history: tf.Tensor) -> dict[str, tf.Tensor]:
         return self._top_k(self._query(user_id, history))
 
-    @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name=features.USER_ID),
+    @tf.function(autograph=False, input_signature=[tf.TensorSpec([None], tf.string, name=features.USER_ID),
                                   tf.TensorSpec([None, None], tf.string, name=features.HISTORY)])
     def query_embedding(self, user_id: tf.Tensor, history: tf.Tensor) -> dict[str, tf.Tensor]:
         return {features.OUTPUT_EMBEDDING: self._query(user_id, history)}
 
-    @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name=features.ITEM_ID)])
+    @tf.function(autograph=False, input_signature=[tf.TensorSpec([None], tf.string, name=features.ITEM_ID)])
     def item_embedding(self, item_id: tf.Tensor) -> dict[str, tf.Tensor]:
         rows = self.item_rows.lookup(item_id)
         found = rows >= 0
