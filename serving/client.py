@@ -192,7 +192,7 @@ class _RestTransport:
         return arrays
 
     def status(self, target: _Target) -> list[VersionStatus]:
-        reply = self._call("GET", self._url(dataclasses.replace(target, label=None)))
+        reply = self._call("GET", self._url(target))
         return [
             VersionStatus(
                 int(entry["version"]),
@@ -277,9 +277,7 @@ class _GrpcTransport:
     def status(self, target: _Target) -> list[VersionStatus]:
         from tensorflow_serving.apis import get_model_status_pb2
 
-        request = get_model_status_pb2.GetModelStatusRequest(
-            model_spec=self._spec(dataclasses.replace(target, label=None))
-        )
+        request = get_model_status_pb2.GetModelStatusRequest(model_spec=self._spec(target))
         reply = self._call(self._models.GetModelStatus, request)
         return [
             VersionStatus(
@@ -380,7 +378,7 @@ class ModelClient:
         return _Target(self.model_name, version, label)
 
     def _signature(self, target: _Target, signature_name: str) -> SignatureSpec:
-        """Returns a signature from the (cached) metadata; refetches once if it is missing."""
+        """Returns a signature from the cached metadata, reading the metadata when it lacks it."""
         with self._lock:
             signatures = self._signatures.get(target)
         if signatures is None or signature_name not in signatures:
@@ -440,7 +438,8 @@ class ModelClient:
         Raises:
             ModelServerError: NOT_FOUND when the model or version is not available.
         """
-        metadata = self._transport.metadata(self._target(version, label))
+        target = self._target(version, label)
+        metadata = self._transport.metadata(target)
         with self._lock:
-            self._signatures[self._target(version, label)] = metadata.signatures
+            self._signatures[target] = metadata.signatures
         return metadata

@@ -414,7 +414,8 @@ def array_to_json(array: np.ndarray, as_bytes: bool = False) -> Any:
         as_bytes: Write every string as ``{"b64": ...}``.
 
     Raises:
-        ModelServerError: INVALID_ARGUMENT for a dtype JSON cannot carry (complex numbers).
+        ModelServerError: INVALID_ARGUMENT for a dtype JSON cannot carry (complex numbers),
+            or a string tensor holding something other than str or bytes.
     """
     array = np.asarray(array)
     kind = array.dtype.kind
@@ -428,8 +429,11 @@ def array_to_json(array: np.ndarray, as_bytes: bool = False) -> Any:
         converted = np.empty(array.shape, dtype=object)
         flat = converted.reshape(-1)
         for index, value in enumerate(array.reshape(-1)):
-            raw = value.encode("utf-8") if isinstance(value, str) else bytes(value)
-            flat[index] = _string_to_json(raw, as_bytes)
+            if isinstance(value, str):
+                value = value.encode("utf-8")
+            elif not isinstance(value, bytes):
+                raise invalid_argument(f"String tensor element {value!r} is neither str nor bytes")
+            flat[index] = _string_to_json(value, as_bytes)
         return converted.tolist()
     raise invalid_argument(f"Failed to write JSON value for tensor type: {array.dtype}")
 

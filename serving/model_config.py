@@ -16,6 +16,7 @@ from __future__ import annotations
 import dataclasses
 import re
 from collections.abc import Iterable, Mapping
+from typing import Any
 
 from google.protobuf import text_format
 from tensorflow_serving.config import model_server_config_pb2
@@ -177,7 +178,7 @@ def parse_batching_parameters(text: str) -> BatchingParameters:
         ModelServerError: INVALID_ARGUMENT for a field this server does not know or a bad value.
     """
     text = _COMMENT.sub("", text)
-    values: dict[str, object] = {}
+    values: dict[str, Any] = {}
     allowed: list[int] = []
     try:
         for name, value in _WRAPPED_FIELD.findall(text):
@@ -193,7 +194,7 @@ def parse_batching_parameters(text: str) -> BatchingParameters:
                 raise invalid_argument(f"Unknown batching parameter: {name}")
     except ValueError as err:
         raise invalid_argument(f"Bad batching parameter value: {err}") from err
-    parameters = BatchingParameters(allowed_batch_sizes=tuple(allowed), **values)  # type: ignore[arg-type]
+    parameters = BatchingParameters(allowed_batch_sizes=tuple(allowed), **values)
     if parameters.max_batch_size < 1 or parameters.num_batch_threads < 1:
         raise invalid_argument("max_batch_size and num_batch_threads must be positive")
     return parameters

@@ -28,7 +28,7 @@ import threading  # noqa: E402
 import time  # noqa: E402
 from collections.abc import Sequence  # noqa: E402
 from types import FrameType  # noqa: E402
-from typing import TYPE_CHECKING  # noqa: E402
+from typing import TYPE_CHECKING, Any  # noqa: E402
 
 if TYPE_CHECKING:
     from serving.model_config import ModelConfig
@@ -62,8 +62,8 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
 
-    def flag(name: str, **kwargs: object) -> None:
-        parser.add_argument(f"--{name}", **kwargs)  # type: ignore[arg-type]
+    def flag(name: str, **kwargs: Any) -> None:
+        parser.add_argument(f"--{name}", **kwargs)
 
     def bool_flag(name: str, default: bool, help_text: str) -> None:
         flag(name, type=_bool_flag, nargs="?", const=True, default=default, metavar="BOOL", help=help_text)

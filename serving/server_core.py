@@ -340,11 +340,6 @@ class ServerCore:
         self._lock = threading.Lock()  # guards _models
         self._config_lock = threading.Lock()  # one config change at a time
 
-    def model_names(self) -> list[str]:
-        """Returns the names of the models served."""
-        with self._lock:
-            return sorted(self._models)
-
     def _manager(self, model_name: str) -> ModelManager | None:
         with self._lock:
             return self._models.get(model_name)

@@ -59,6 +59,13 @@ model_config_list {{
 """
 
 
+def write_models_config(path: Path, models_root: Path, stable: int) -> None:
+    """Writes the models.config of ``config_server`` (via a rename, so no half-written file is read)."""
+    staging = path.with_suffix(".tmp")
+    staging.write_text(MODELS_CONFIG.format(root=models_root, stable=stable))
+    staging.replace(path)
+
+
 @dataclasses.dataclass
 class ServerProcess:
     """A model server subprocess and where to reach it."""
@@ -93,7 +100,7 @@ class ToyWorld:
 
     def write_config(self, stable: int) -> None:
         """Rewrites models.config with the ``stable`` label on another version."""
-        self.config_path.write_text(MODELS_CONFIG.format(root=self.root / "models", stable=stable))
+        write_models_config(self.config_path, self.root / "models", stable)
 
 
 def _launch(args: list[str], log_path: Path) -> ServerProcess:
@@ -164,12 +171,12 @@ def toy_world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ToyWorld]:
     toy_models.publish_version(str(shoprec_base), 2, toy_models.copy_of(str(library[2])))
 
     config_path = root / "models.config"
-    config_path.write_text(MODELS_CONFIG.format(root=models, stable=1))
     batching_path = root / "batching_parameters.txt"
     batching_path.write_text(
         f"max_batch_size {{ value: {BATCH_SIZE} }}\nbatch_timeout_micros {{ value: 20000 }}\n"
         "num_batch_threads { value: 2 }\nmax_enqueued_batches { value: 100 }\n"
     )
+    write_models_config(config_path, models, stable=1)
     config_server = _launch(
         [
             f"--model_config_file={config_path}",
