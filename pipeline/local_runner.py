@@ -47,6 +47,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--epochs", type=int, default=TrainConfig.epochs)
     parser.add_argument("--min_ndcg", type=float, default=EvalConfig.min_blessing_value,
                         help="absolute floor on NDCG@10 for blessing (default: %(default)s)")
+    parser.add_argument("--bless_below_popularity", action="store_true",
+                        help="do not require beating the popularity baseline (for smoke tests "
+                             "on shops too small to learn from)")
     parser.add_argument("--model_name", default=MODEL_NAME)
     parser.add_argument("--no_cache", action="store_true", help="rerun every component")
     return parser
@@ -96,7 +99,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             metadata_path),
         beam_pipeline_args=["--direct_running_mode=in_memory", "--direct_num_workers=1"],
         train=TrainConfig(epochs=args.epochs),
-        evaluation=EvalConfig(min_blessing_value=args.min_ndcg),
+        evaluation=EvalConfig(min_blessing_value=args.min_ndcg,
+                              must_beat_popularity=not args.bless_below_popularity),
         model_name=args.model_name,
         enable_cache=not args.no_cache,
     )

@@ -1,0 +1,138 @@
+"""The real pipeline, end to end, on a small generated shop (LocalDagRunner, SQLite MLMD, Beam).
+
+The runs share one output folder in this order: a first run, a rerun that must be served from
+the cache, and a run whose blessing threshold cannot be met. Corrupted data gets its own folder.
+"""
+
+import csv
+import json
+import os
+import shutil
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from components.anomalies_gate import DataAnomaliesError
+from pipeline import local_runner, run_summary
+from shoprec import features as F
+from shoprec.config import MODEL_NAME, PIPELINE_NAME
+from shoprec.data import canonical
+
+pytestmark = pytest.mark.e2e
+SMALL_SHOP = ["--events", "3000", "--users", "300", "--items", "200", "--epochs", "2",
+              "--bless_below_popularity"]
+EXPECTED_NODES = {"EventsExampleGen", "ImportSchemaGen", "StatisticsGen", "ExampleValidator",
+                  "AnomaliesGate", "Transform", "Trainer", "RetrievalEvaluator", "Pusher"}
+
+
+def run(output_dir: str, *extra: str) -> dict:
+    assert local_runner.main(["--output_dir", output_dir, *SMALL_SHOP, *extra]) == 0
+    with open(os.path.join(output_dir, "run_summary.json")) as f:
+        return json.load(f)
+
+
+def pushed_versions(output_dir: str) -> list[str]:
+    model_dir = os.path.join(output_dir, "serving", MODEL_NAME)
+    return sorted(os.listdir(model_dir)) if os.path.isdir(model_dir) else []
+
+
+@pytest.fixture(scope="module")
+def output_dir(tmp_path_factory):
+    return str(tmp_path_factory.mktemp("e2e"))
+
+
+@pytest.fixture(scope="module")
+def first_run(output_dir):
+    return run(output_dir)
+
+
+def test_first_run_executes_every_component_once_and_pushes(first_run, output_dir):
+    assert set(first_run["components"]) == EXPECTED_NODES
+    assert {c["state"] for c in first_run["components"].values()} == {"COMPLETE"}
+    store = run_summary.open_store(os.path.join(output_dir, "metadata.sqlite"))
+    executions = run_summary.node_executions(store, PIPELINE_NAME)
+    assert {node: len(e) for node, e in executions.items()} == {n: 1 for n in EXPECTED_NODES}
+    examples = store.get_artifacts_by_type("Examples")
+    assert len(examples) == 2  # raw (ExampleGen) and transformed (Transform)
+    assert first_run["blessed"] is True and first_run["pushed"] is True
+    assert pushed_versions(output_dir) == [str(first_run["pushed_version"])]
+    for k in (10, 50, 100):
+        assert 0.0 <= first_run["metrics"]["model"][f"ndcg@{k}"] <= 1.0
+        assert f"recall@{k}" in first_run["metrics"]["popularity"]
+
+
+def test_pushed_model_answers_known_and_unknown_users(first_run, output_dir):
+    version = pushed_versions(output_dir)[0]
+    model = tf.saved_model.load(os.path.join(output_dir, "serving", MODEL_NAME, version))
+    catalogue = set(model.catalog_item_ids.numpy())
+    with open(os.path.join(output_dir, "data", F.EVENTS_FILE)) as f:
+        known_user = next(csv.DictReader(f))[F.USER_ID]
+    result = model.signatures[F.SIGNATURE_TOP_K](
+        **{F.USER_ID: tf.constant([known_user, "somebody-new"])})
+    ids, scores = result[F.OUTPUT_ITEM_IDS].numpy(), result[F.OUTPUT_SCORES].numpy()
+    assert ids.shape == scores.shape == (2, min(100, len(catalogue)))
+    for row in range(2):
+        assert len(set(ids[row])) == ids.shape[1]
+        assert set(ids[row]) <= catalogue
+        assert np.all(np.diff(scores[row]) <= 1e-6)  # best first
+    with_history = model.signatures[F.SIGNATURE_TOP_K_WITH_HISTORY](
+        **{F.USER_ID: tf.constant(["somebody-new"]),
+           F.HISTORY: tf.constant([[ids[0][0].decode(), "not-an-item", ""]])})
+    assert set(with_history[F.OUTPUT_ITEM_IDS].numpy()[0]) <= catalogue
+    assert not np.allclose(with_history[F.OUTPUT_SCORES].numpy()[0], scores[1])
+
+
+def test_rerun_with_unchanged_inputs_uses_the_cache(first_run, output_dir):
+    second = run(output_dir)
+    states = {node: c["state"] for node, c in second["components"].items()}
+    assert states == {node: "CACHED" for node in EXPECTED_NODES}
+    assert pushed_versions(output_dir) == [str(first_run["pushed_version"])]
+
+
+def test_impossible_blessing_threshold_pushes_nothing(first_run, output_dir):
+    third = run(output_dir, "--min_ndcg", "2.0")
+    assert third["components"]["RetrievalEvaluator"]["state"] == "COMPLETE"
+    assert third["components"]["Transform"]["state"] == "CACHED"
+    assert third["blessed"] is False and third["pushed"] is False
+    assert any("below the floor 2.0" in reason for reason in third["blessing_reasons"])
+    assert pushed_versions(output_dir) == [str(first_run["pushed_version"])]
+
+
+def test_corrupted_events_stop_at_validation(first_run, output_dir, tmp_path):
+    data_dir = str(tmp_path / "corrupted")
+    shutil.copytree(os.path.join(output_dir, "data"), data_dir)
+    with open(os.path.join(data_dir, F.ITEMS_FILE)) as f:
+        items = list(csv.DictReader(f))
+    items[0][F.PRICE] = "-5.0"
+    with open(os.path.join(data_dir, F.ITEMS_FILE), "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(items[0]))
+        writer.writeheader()
+        writer.writerows(items)
+    with open(os.path.join(data_dir, F.EVENTS_FILE), "a") as f:
+        f.write(f"e-bad,u0,{items[1][F.ITEM_ID]},teleport,1650000000,s-bad\n")
+    corrupted_out = str(tmp_path / "out")
+    with pytest.raises(DataAnomaliesError) as error:
+        local_runner.main(["--output_dir", corrupted_out, "--data_dir", data_dir,
+                           *SMALL_SHOP])
+    message = str(error.value)
+    assert "event_type" in message and "teleport" in message
+    assert "price" in message
+    store = run_summary.open_store(os.path.join(corrupted_out, "metadata.sqlite"))
+    executions = run_summary.node_executions(store, PIPELINE_NAME)
+    assert not executions.get("Transform") and not executions.get("Trainer")
+    assert pushed_versions(corrupted_out) == []
+
+
+def test_missing_input_folder_or_column_is_named(tmp_path):
+    with pytest.raises(canonical.DataError, match="input folder .*no-such-folder.* does not exist"):
+        local_runner.main(["--output_dir", str(tmp_path / "o1"), "--data_dir",
+                           str(tmp_path / "no-such-folder")])
+    data_dir = tmp_path / "no-price"
+    data_dir.mkdir()
+    (data_dir / F.EVENTS_FILE).write_text(
+        "event_id,user_id,item_id,event_type,timestamp,session_id\n")
+    (data_dir / F.ITEMS_FILE).write_text("item_id,category,brand\ni1,cat00,brand00\n")
+    (data_dir / F.USERS_FILE).write_text("user_id,age_group\n")
+    with pytest.raises(canonical.DataError, match=r"items.csv: missing column\(s\) price"):
+        local_runner.main(["--output_dir", str(tmp_path / "o2"), "--data_dir", str(data_dir)])
