@@ -7,8 +7,8 @@ version when a new one fails). Clients written against it work unchanged against
 
 Usage::
 
-    python -m serving.model_server --model_name=shoprec_retrieval \\
-        --model_base_path=/path/to/serving_model --port=8500 --rest_api_port=8501
+    python -m serving.model_server --model_name=NAME \\
+        --model_base_path=runs/local/serving/NAME --port=8500 --rest_api_port=8501
     python -m serving.model_server --model_config_file=deploy/serving/models.config
 
 Logs go to stderr; one line per request on the ``serving.requests`` logger.

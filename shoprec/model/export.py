@@ -120,7 +120,7 @@ class RetrievalServingModule(tf.Module):
         found = rows >= 0
         embedding = tf.gather(self.catalog_embeddings, tf.maximum(rows, 0))
         embedding = embedding * tf.cast(found, embedding.dtype)[:, tf.newaxis]
-        return {features.OUTPUT_EMBEDDING: embedding, "found": found}
+        return {features.OUTPUT_EMBEDDING: embedding, features.OUTPUT_FOUND: found}
 
     def save(self, export_dir: str) -> None:
         """Writes the SavedModel with all four signatures."""

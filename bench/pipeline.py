@@ -1,0 +1,80 @@
+"""Benchmark of the whole pipeline: wall time per component and peak memory, at 100K and 1M events.
+
+Each size runs ``python -m pipeline.local_runner`` in a fresh subprocess (fresh output folder, no
+cache), so the peak RSS is that run's own, imports and shop generation included::
+
+    python -m bench.pipeline [--sizes 100000 1000000] [--out bench/results/pipeline.json]
+
+Prints one line per size and writes the results, with the machine and the commands, to ``--out``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from typing import Sequence
+
+from bench.generate import machine_info
+from shoprec.config import ShopConfig
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+DEFAULT_OUT = os.path.join(REPO, "bench", "results", "pipeline.json")
+
+
+def run_once(events: int, output_dir: str) -> dict[str, object]:
+    """Runs the pipeline on a generated shop of ``events`` events; returns its figures."""
+    command = [sys.executable, "-m", "pipeline.local_runner", "--output_dir", output_dir,
+               "--events", str(events)]
+    env = dict(os.environ, TF_USE_LEGACY_KERAS="1")
+    began = time.perf_counter()
+    with open(os.path.join(output_dir, "runner.log"), "w") as log:
+        subprocess.run(command, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT,
+                       check=True)
+    wall = time.perf_counter() - began
+    with open(os.path.join(output_dir, "run_summary.json")) as f:
+        summary = json.load(f)
+    model, popularity = summary["metrics"]["model"], summary["metrics"]["popularity"]
+    return {
+        "users": ShopConfig.users, "items": ShopConfig.items, "events": events,
+        "wall_seconds_with_imports": round(wall, 1),
+        "peak_rss_gib": round(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 2**20, 2),
+        "component_seconds": {n: c["seconds"] for n, c in summary["components"].items()},
+        "ndcg@10": {"model": model["ndcg@10"], "popularity": popularity["ndcg@10"]},
+        "recall@10": {"model": model["recall@10"], "popularity": popularity["recall@10"]},
+        "blessed": summary["blessed"],
+        "command": " ".join(["python"] + command[1:3] + ["--output_dir", "OUT"] + command[5:]),
+    }
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.pipeline", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--sizes", type=int, nargs="+", default=[100_000, 1_000_000])
+    parser.add_argument("--out", default=DEFAULT_OUT)
+    args = parser.parse_args(argv)
+    results = []
+    for events in args.sizes:
+        print(f"running the pipeline on {events:,} events ...", flush=True)
+        with tempfile.TemporaryDirectory() as output_dir:
+            result = run_once(events, output_dir)
+        results.append(result)
+        print(json.dumps(result), flush=True)
+    report = {"benchmark": "pipeline", "machine": machine_info(),
+              "command": "python -m bench.pipeline " + " ".join(argv or sys.argv[1:]),
+              "note": "peak RSS is the largest of the runs so far (RUSAGE_CHILDREN)",
+              "results": results}
+    os.makedirs(os.path.dirname(args.out), exist_ok=True)
+    with open(args.out, "w") as f:
+        json.dump(report, f, indent=2)
+    print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
