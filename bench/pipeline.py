@@ -39,7 +39,8 @@ def run_once(events: int, output_dir: str) -> dict[str, object]:
     wall = time.perf_counter() - began
     with open(os.path.join(output_dir, "run_summary.json")) as f:
         summary = json.load(f)
-    model, popularity = summary["metrics"]["model"], summary["metrics"]["popularity"]
+    model, popularity = (summary["metrics"]["model"]["all"],
+                         summary["metrics"]["popularity"]["all"])
     return {
         "users": ShopConfig.users, "items": ShopConfig.items, "events": events,
         "wall_seconds_with_imports": round(wall, 1),

@@ -27,7 +27,20 @@ from absl import logging  # noqa: E402
 from pipeline import pipeline as pipeline_lib  # noqa: E402
 from pipeline import run_summary  # noqa: E402
 from shoprec.config import MODEL_NAME, PIPELINE_NAME, EvalConfig, ShopConfig, TrainConfig  # noqa: E402
+from shoprec import reporting  # noqa: E402
 from shoprec.data import canonical  # noqa: E402
+
+
+def _parse_bool(text: str) -> bool:
+    if text.lower() in ("1", "true", "yes", "on"):
+        return True
+    if text.lower() in ("0", "false", "no", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
+
+
+# TrainConfig's annotations are strings (postponed evaluation).
+_FLAG_TYPES = {"int": int, "float": float, "bool": _parse_bool, "str": str}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -44,7 +57,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--users", type=int, default=ShopConfig.users)
     parser.add_argument("--items", type=int, default=ShopConfig.items)
     parser.add_argument("--seed", type=int, default=ShopConfig.seed)
-    parser.add_argument("--epochs", type=int, default=TrainConfig.epochs)
+    for field in dataclasses.fields(TrainConfig):  # every hyper-parameter, e.g. --learning_rate
+        parser.add_argument(f"--{field.name}", type=_FLAG_TYPES[field.type], default=field.default,
+                            help=f"two-tower {field.name} (default: %(default)s)")
     parser.add_argument("--min_ndcg", type=float, default=EvalConfig.min_blessing_value,
                         help="absolute floor on NDCG@10 for blessing (default: %(default)s)")
     parser.add_argument("--bless_below_popularity", action="store_true",
@@ -78,8 +93,10 @@ def prepare_data(args: argparse.Namespace) -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    if args.epochs < 1:
-        raise SystemExit("--epochs must be >= 1")
+    if args.epochs < 1 or args.batch_size < 1 or args.top_k < 1 or args.embedding_dim < 1:
+        raise SystemExit("--epochs, --batch_size, --top_k and --embedding_dim must be >= 1")
+    if args.temperature <= 0 or args.learning_rate < 0:
+        raise SystemExit("--temperature must be > 0 and --learning_rate >= 0")
     logging.set_verbosity(logging.INFO)
     from tfx import v1 as tfx
 
@@ -98,7 +115,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         metadata_connection_config=tfx.orchestration.metadata.sqlite_metadata_connection_config(
             metadata_path),
         beam_pipeline_args=["--direct_running_mode=in_memory", "--direct_num_workers=1"],
-        train=TrainConfig(epochs=args.epochs),
+        train=TrainConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)}),
         evaluation=EvalConfig(min_blessing_value=args.min_ndcg,
                               must_beat_popularity=not args.bless_below_popularity),
         model_name=args.model_name,
@@ -109,6 +126,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     summary = run_summary.collect(metadata_path, PIPELINE_NAME, since=run_started)
     summary.update(output_dir=output_dir, data_dir=data_dir, serving_dir=serving_dir,
                    wall_seconds=round(time.time() - started, 1))
+    if summary["metrics"]:
+        summary["metrics_plot"] = os.path.join(output_dir, "metrics_at_k.png")
+        reporting.plot_metrics_at_k(
+            {name: slices["all"] for name, slices in summary["metrics"].items()},
+            summary["metrics_plot"], f"time-split eval, {os.path.basename(data_dir)}: "
+            f"{int(summary['metrics']['model']['all']['users'])} users")
     with open(os.path.join(output_dir, "run_summary.json"), "w") as f:
         json.dump(summary, f, indent=2)
     print(run_summary.format_summary(summary))

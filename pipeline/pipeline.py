@@ -54,7 +54,8 @@ def create_pipeline(
 
     Returns:
       A ``tfx.dsl.Pipeline`` with ExampleGen, StatisticsGen, ImportSchemaGen, ExampleValidator,
-      AnomaliesGate, Transform, Trainer, RetrievalEvaluator and Pusher.
+      AnomaliesGate, Transform, Trainer, the latest-blessed-model resolver, RetrievalEvaluator
+      and Pusher.
     """
     example_gen = EventsExampleGen(input_base=data_dir, eval_fraction=split.eval_fraction,
                                    history_length=split.history_length)
@@ -81,8 +82,16 @@ def create_pipeline(
         transform_graph=transform.outputs["transform_graph"],
         schema=gate.outputs["validated_schema"],
         custom_config=custom_config)
+    last_blessed = tfx.dsl.Resolver(
+        strategy_class=tfx.dsl.experimental.LatestBlessedModelStrategy,
+        model=tfx.dsl.Channel(type=tfx.types.standard_artifacts.Model),
+        model_blessing=tfx.dsl.Channel(type=tfx.types.standard_artifacts.ModelBlessing),
+    ).with_id("latest_blessed_model_resolver")
     evaluator = RetrievalEvaluator(
         model=trainer.outputs["model"], examples=example_gen.outputs["examples"],
+        baseline_model=last_blessed.outputs["model"],
+        items_path=os.path.join(data_dir, features.ITEMS_FILE),
+        regression_tolerance=evaluation.regression_tolerance,
         ks=json.dumps(list(evaluation.ks)), blessing_metric=evaluation.blessing_metric,
         min_blessing_value=evaluation.min_blessing_value,
         must_beat_popularity=int(evaluation.must_beat_popularity))
@@ -95,7 +104,7 @@ def create_pipeline(
         pipeline_name=pipeline_name,
         pipeline_root=pipeline_root,
         components=[example_gen, schema_gen, statistics_gen, example_validator, gate, transform,
-                    trainer, evaluator, pusher],
+                    trainer, last_blessed, evaluator, pusher],
         enable_cache=enable_cache,
         metadata_connection_config=metadata_connection_config,
         beam_pipeline_args=beam_pipeline_args or [],

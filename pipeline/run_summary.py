@@ -91,11 +91,18 @@ def format_summary(summary: dict[str, Any]) -> str:
     """Human-readable lines for the end of a run."""
     lines = ["", "=== pipeline run summary ==="]
     for node, info in summary["components"].items():
-        lines.append(f"  {node:<22} {info['state']:<9} {info['seconds']:>8.1f} s")
+        lines.append(f"  {node:<30} {info['state']:<9} {info['seconds']:>8.1f} s")
     metrics = summary.get("metrics") or {}
-    for name, values in metrics.items():
-        shown = ", ".join(f"{k}={v:.4f}" for k, v in values.items() if k != "users")
-        lines.append(f"  {name:<11} ({int(values.get('users', 0))} eval users): {shown}")
+    shown_names = ("recall@10", "ndcg@10", "mrr@10", "coverage@10", "diversity@10", "recall@100")
+    if metrics:
+        users = int(metrics["model"]["all"]["users"])
+        lines.append(f"  metrics over the whole catalogue, seen items excluded ({users} eval users):")
+        lines.append("    " + f"{'ranking':<14}" + "".join(f"{n:>14}" for n in shown_names))
+    for ranking, slices in metrics.items():
+        row = "".join(f"{slices['all'].get(n, float('nan')):>14.4f}" for n in shown_names)
+        lines.append(f"    {ranking:<14}{row}")
+    if summary.get("metrics_plot"):
+        lines.append(f"  plot: {summary['metrics_plot']}")
     lines.append(f"  blessed: {summary.get('blessed')}"
                  + (f" ({'; '.join(summary['blessing_reasons'])})"
                     if summary.get("blessing_reasons") else ""))

@@ -57,6 +57,7 @@ class EvalConfig:
     blessing_metric: str = "ndcg@10"
     min_blessing_value: float = 0.0  # absolute floor the model must clear
     must_beat_popularity: bool = True
+    regression_tolerance: float = 0.0  # allowed drop against the last blessed model
 
 
 MODEL_NAME = "shoprec_retrieval"

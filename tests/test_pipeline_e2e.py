@@ -1,7 +1,10 @@
 """The real pipeline, end to end, on a small generated shop (LocalDagRunner, SQLite MLMD, Beam).
 
-The runs share one output folder in this order: a first run, a rerun that must be served from
-the cache, and a run whose blessing threshold cannot be met. Corrupted data gets its own folder.
+The runs share one output folder, in this order: a first run (blessed, pushed); a rerun, where
+everything up to the Trainer is cached and the evaluator refuses to bless the same model twice;
+a third run, entirely cached; a run whose blessing floor cannot be met; then untrained models
+(learning rate 0) that lose to popularity and regress against the last blessed model.
+Corrupted data gets its own folder.
 """
 
 import csv
@@ -20,10 +23,12 @@ from shoprec.config import MODEL_NAME, PIPELINE_NAME
 from shoprec.data import canonical
 
 pytestmark = pytest.mark.e2e
-SMALL_SHOP = ["--events", "3000", "--users", "300", "--items", "200", "--epochs", "2",
-              "--bless_below_popularity"]
-EXPECTED_NODES = {"EventsExampleGen", "ImportSchemaGen", "StatisticsGen", "ExampleValidator",
-                  "AnomaliesGate", "Transform", "Trainer", "RetrievalEvaluator", "Pusher"}
+SMALL_SHOP = ["--events", "3000", "--users", "300", "--items", "200", "--epochs", "2"]
+BELOW_POPULARITY_OK = ["--bless_below_popularity"]  # too small a shop to promise more
+UPSTREAM_NODES = {"EventsExampleGen", "ImportSchemaGen", "StatisticsGen", "ExampleValidator",
+                  "AnomaliesGate", "Transform", "Trainer"}
+RESOLVER = "latest_blessed_model_resolver"
+EXPECTED_NODES = UPSTREAM_NODES | {RESOLVER, "RetrievalEvaluator", "Pusher"}
 
 
 def run(output_dir: str, *extra: str) -> dict:
@@ -44,7 +49,7 @@ def output_dir(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def first_run(output_dir):
-    return run(output_dir)
+    return run(output_dir, *BELOW_POPULARITY_OK)
 
 
 def test_first_run_executes_every_component_once_and_pushes(first_run, output_dir):
@@ -57,9 +62,15 @@ def test_first_run_executes_every_component_once_and_pushes(first_run, output_di
     assert len(examples) == 2  # raw (ExampleGen) and transformed (Transform)
     assert first_run["blessed"] is True and first_run["pushed"] is True
     assert pushed_versions(output_dir) == [str(first_run["pushed_version"])]
-    for k in (10, 50, 100):
-        assert 0.0 <= first_run["metrics"]["model"][f"ndcg@{k}"] <= 1.0
-        assert f"recall@{k}" in first_run["metrics"]["popularity"]
+    metrics = first_run["metrics"]
+    assert set(metrics) == {"model", "popularity", "item_knn"}  # no blessed model existed yet
+    for ranking in metrics.values():
+        assert {"all", "new_users", "returning_users", "head_items", "tail_items"} <= set(ranking)
+        for k in (10, 50, 100):
+            for name in ("recall", "hitrate", "ndcg", "mrr", "coverage"):
+                assert 0.0 <= ranking["all"][f"{name}@{k}"] <= 1.0
+        assert 0.0 <= ranking["all"]["diversity@10"] <= 1.0
+    assert os.path.exists(first_run["metrics_plot"])
 
 
 def test_pushed_model_answers_known_and_unknown_users(first_run, output_dir):
@@ -84,18 +95,46 @@ def test_pushed_model_answers_known_and_unknown_users(first_run, output_dir):
 
 
 def test_rerun_with_unchanged_inputs_uses_the_cache(first_run, output_dir):
-    second = run(output_dir)
+    second = run(output_dir, *BELOW_POPULARITY_OK)
     states = {node: c["state"] for node, c in second["components"].items()}
-    assert states == {node: "CACHED" for node in EXPECTED_NODES}
+    assert {node: states[node] for node in UPSTREAM_NODES} == {n: "CACHED" for n in UPSTREAM_NODES}
+    # The resolver now finds the first run's model, a new input: the evaluator runs, sees the
+    # same model, and does not bless it twice, so nothing is pushed again.
+    assert states["RetrievalEvaluator"] == "COMPLETE" and second["pushed"] is False
+    assert any("last blessed model itself" in r for r in second["blessing_reasons"])
+    third = run(output_dir, *BELOW_POPULARITY_OK)
+    states = {node: c["state"] for node, c in third["components"].items()}
+    assert states.pop(RESOLVER) == "COMPLETE"  # a resolver always runs: it only queries MLMD
+    assert set(states.values()) == {"CACHED"}
     assert pushed_versions(output_dir) == [str(first_run["pushed_version"])]
 
 
 def test_impossible_blessing_threshold_pushes_nothing(first_run, output_dir):
-    third = run(output_dir, "--min_ndcg", "2.0")
+    third = run(output_dir, *BELOW_POPULARITY_OK, "--min_ndcg", "2.0")
     assert third["components"]["RetrievalEvaluator"]["state"] == "COMPLETE"
     assert third["components"]["Transform"]["state"] == "CACHED"
     assert third["blessed"] is False and third["pushed"] is False
     assert any("below the floor 2.0" in reason for reason in third["blessing_reasons"])
+    assert pushed_versions(output_dir) == [str(first_run["pushed_version"])]
+
+
+def test_model_worse_than_popularity_is_not_pushed(first_run, output_dir):
+    untrained = run(output_dir, "--learning_rate", "0")
+    assert untrained["components"]["Trainer"]["state"] == "COMPLETE"
+    assert untrained["blessed"] is False and untrained["pushed"] is False
+    assert any("does not beat popularity" in r for r in untrained["blessing_reasons"])
+    assert pushed_versions(output_dir) == [str(first_run["pushed_version"])]
+
+
+def test_regression_against_the_last_blessed_model_is_not_pushed(first_run, output_dir):
+    untrained = run(output_dir, "--learning_rate", "0", *BELOW_POPULARITY_OK)
+    assert untrained["components"]["Trainer"]["state"] == "CACHED"  # the same untrained model
+    assert "last_blessed" in untrained["metrics"]
+    assert untrained["metrics"]["last_blessed"]["all"]["ndcg@10"] == pytest.approx(
+        first_run["metrics"]["model"]["all"]["ndcg@10"])
+    assert untrained["blessing_reasons"] and all(
+        "regresses against the last blessed model" in r for r in untrained["blessing_reasons"])
+    assert untrained["pushed"] is False
     assert pushed_versions(output_dir) == [str(first_run["pushed_version"])]
 
 
@@ -113,8 +152,7 @@ def test_corrupted_events_stop_at_validation(first_run, output_dir, tmp_path):
         f.write(f"e-bad,u0,{items[1][F.ITEM_ID]},teleport,1650000000,s-bad\n")
     corrupted_out = str(tmp_path / "out")
     with pytest.raises(DataAnomaliesError) as error:
-        local_runner.main(["--output_dir", corrupted_out, "--data_dir", data_dir,
-                           *SMALL_SHOP])
+        local_runner.main(["--output_dir", corrupted_out, "--data_dir", data_dir, *SMALL_SHOP])
     message = str(error.value)
     assert "event_type" in message and "teleport" in message
     assert "price" in message

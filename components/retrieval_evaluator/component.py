@@ -1,33 +1,38 @@
 """RetrievalEvaluator: full-catalogue retrieval metrics of the exported model, and the blessing.
 
 Why a custom component: TFMA evaluates per-example predictions; it cannot rank the whole
-catalogue per user with each user's training items excluded, nor compute catalogue coverage.
+catalogue per user with each user's training items excluded, nor compute catalogue coverage or
+list diversity. The protocol is in :mod:`shoprec.model.evaluation`.
 
-Protocol (time split): for each user with events in the eval split, the query is the user id
-plus the behaviour sequence at their first eval event (only events before it), the relevant set is
-the distinct eval items the user had not interacted with in train, and the ranking is over the
-whole catalogue minus the user's train items. The popularity baseline (train counts) is scored
-the same way in the same run. The model is blessed when ``blessing_metric`` clears
-``min_blessing_value`` and, if ``must_beat_popularity``, is strictly above popularity's.
+In the same run and on the same users it scores the popularity and item-kNN baselines and, when
+the resolver found one, the last blessed model. The model is blessed when ``blessing_metric``
+(on all users)
+
+1. clears the absolute floor ``min_blessing_value``,
+2. is not below the last blessed model's value minus ``regression_tolerance``, and
+3. if ``must_beat_popularity``, is strictly above the popularity baseline's.
+
+A model that *is* the last blessed model (a rerun with unchanged inputs: the Trainer was cached)
+is not blessed again, so the Pusher does not push the same model twice.
 """
 
 import json
 import os
-
 import numpy as np
+import pandas as pd
 import tensorflow as tf
 from tfx import v1 as tfx
 from tfx.types import artifact_utils
 
 from shoprec import features
-from shoprec.model import metrics
+from shoprec.model import evaluation as protocol
 
 METRICS_FILE = "metrics.json"
 _QUERY_BATCH = 2048
 
 
-def read_examples(examples: tfx.types.standard_artifacts.Examples, split: str) -> dict[str, np.ndarray]:
-    """User, item, time and history (``""``-padded ``[n, max_len]``) of every example in a split."""
+def read_split(examples: tfx.types.standard_artifacts.Examples, split: str) -> protocol.Interactions:
+    """User, item, time and history of every example in one split of ExampleGen's output."""
     pattern = os.path.join(artifact_utils.get_split_uri([examples], split), "*.gz")
     spec = {features.USER_ID: tf.io.FixedLenFeature([], tf.string),
             features.ITEM_ID: tf.io.FixedLenFeature([], tf.string),
@@ -35,81 +40,97 @@ def read_examples(examples: tfx.types.standard_artifacts.Examples, split: str) -
             features.HISTORY: tf.io.RaggedFeature(tf.string)}
     dataset = (tf.data.TFRecordDataset(tf.io.gfile.glob(pattern), compression_type="GZIP")
                .batch(8192).map(lambda x: tf.io.parse_example(x, spec)))
-    columns: dict[str, list[np.ndarray]] = {name: [] for name in spec}
+    columns: dict[str, list] = {name: [] for name in spec}
     for batch in dataset:
-        for name in spec:
-            value = batch[name]
-            if isinstance(value, tf.RaggedTensor):
-                value = value.to_list()
-            else:
-                value = value.numpy()
-            columns[name].append(value)
-    result = {name: np.concatenate(parts) for name, parts in columns.items()
-              if name != features.HISTORY}
-    result[features.HISTORY] = [h for part in columns[features.HISTORY] for h in part]
-    return result
+        for name in (features.USER_ID, features.ITEM_ID, features.TIMESTAMP):
+            columns[name].append(batch[name].numpy())
+        columns[features.HISTORY].extend(batch[features.HISTORY].to_list())
+    return protocol.Interactions(
+        users=np.concatenate(columns[features.USER_ID]),
+        items=np.concatenate(columns[features.ITEM_ID]),
+        timestamps=np.concatenate(columns[features.TIMESTAMP]),
+        histories=columns[features.HISTORY])
 
 
-def build_eval_set(train: dict, evaluation: dict, item_rows: dict[bytes, int]) -> dict[str, list]:
-    """Per eval user: query inputs, excluded (seen) items and relevant (new) items."""
-    seen: dict[bytes, set[int]] = {}
-    for user, item in zip(train[features.USER_ID], train[features.ITEM_ID]):
-        if item in item_rows:
-            seen.setdefault(user, set()).add(item_rows[item])
-    order = np.lexsort((evaluation[features.TIMESTAMP], evaluation[features.USER_ID]))
-    users: list[bytes] = []
-    histories: list[list[bytes]] = []
-    relevant: dict[bytes, set[int]] = {}
-    for row in order:
-        user = evaluation[features.USER_ID][row]
-        if user not in relevant:
-            users.append(user)
-            histories.append(evaluation[features.HISTORY][row])
-            relevant[user] = set()
-        item = item_rows.get(evaluation[features.ITEM_ID][row])
-        if item is not None and item not in seen.get(user, ()):
-            relevant[user].add(item)
-    keep = [i for i, user in enumerate(users) if relevant[users[i]]]
-    return {"users": [users[i] for i in keep], "histories": [histories[i] for i in keep],
-            "seen": [np.array(sorted(seen.get(users[i], ())), dtype=np.int64) for i in keep],
-            "relevant": [np.array(sorted(relevant[users[i]]), dtype=np.int64) for i in keep]}
+class ExportedModelScorer:
+    """Scores the catalogue for eval users with an exported model's query-embedding signature.
+
+    The model's own catalogue is mapped onto ``catalogue`` (the current model's item order);
+    items it does not know score -inf.
+    """
+
+    def __init__(self, model_dir: str, catalogue: np.ndarray, eval_set: protocol.EvalSet):
+        model = tf.saved_model.load(model_dir)
+        self._signature = model.signatures[features.SIGNATURE_QUERY_EMBEDDING]
+        own_rows = {item: row for row, item in enumerate(model.catalog_item_ids.numpy())}
+        own_embeddings = model.catalog_embeddings.numpy()
+        mapping = np.array([own_rows.get(item, -1) for item in catalogue])
+        self._embeddings = own_embeddings[np.maximum(mapping, 0)].T  # [D, n_items]
+        self._unknown = mapping < 0
+        self._eval_set = eval_set
+
+    def __call__(self, users: slice) -> np.ndarray:
+        histories = tf.ragged.constant(self._eval_set.histories[users], dtype=tf.string)
+        queries = self._signature(**{
+            features.USER_ID: tf.constant(self._eval_set.users[users]),
+            features.HISTORY: histories.to_tensor(default_value="")})[features.OUTPUT_EMBEDDING]
+        scores = queries.numpy().astype(np.float64) @ self._embeddings
+        scores[:, self._unknown] = -np.inf
+        return scores
 
 
-def query_embeddings(model: tf.Module, users: list[bytes], histories: list[list[bytes]]) -> np.ndarray:
-    """``[users, D]`` from the model's query-embedding signature, in batches."""
-    signature = model.signatures[features.SIGNATURE_QUERY_EMBEDDING]
-    chunks = []
-    for start in range(0, len(users), _QUERY_BATCH):
-        batch_histories = tf.ragged.constant(histories[start:start + _QUERY_BATCH], dtype=tf.string)
-        chunks.append(signature(**{
-            features.USER_ID: tf.constant(users[start:start + _QUERY_BATCH]),
-            features.HISTORY: batch_histories.to_tensor(default_value=""),
-        })[features.OUTPUT_EMBEDDING].numpy())
-    return np.concatenate(chunks)
+def catalogue_categories(items_path: str, catalogue: np.ndarray) -> np.ndarray:
+    """``[n_items]`` category of each catalogue item, from ``items.csv``."""
+    with tf.io.gfile.GFile(items_path) as f:
+        items = pd.read_csv(f, dtype=str)
+    by_id = dict(zip(items[features.ITEM_ID].str.encode("utf-8"), items[features.CATEGORY]))
+    return np.array([by_id.get(item, "") for item in catalogue], dtype=object)
 
 
-def evaluate(model_dir: str, examples: tfx.types.standard_artifacts.Examples,
-             ks: list[int]) -> dict[str, dict[str, float]]:
-    """Metrics of the exported model and of the popularity baseline; see the module docstring."""
-    model = tf.saved_model.load(model_dir)
-    catalogue = model.catalog_item_ids.numpy()
+def evaluate(model_dir: str, examples: tfx.types.standard_artifacts.Examples, items_path: str,
+             ks: list[int], baseline_model_dir: str | None = None) -> dict:
+    """Metrics per ranking and slice; see :func:`shoprec.model.evaluation.score_all`."""
+    catalogue = tf.saved_model.load(model_dir).catalog_item_ids.numpy()
     item_rows = {item: row for row, item in enumerate(catalogue)}
-    train = read_examples(examples, "train")
-    eval_set = build_eval_set(train, read_examples(examples, "eval"), item_rows)
-    if not eval_set["users"]:
+    train = read_split(examples, "train")
+    eval_set = protocol.build_eval_set(train, read_split(examples, "eval"), item_rows)
+    if not eval_set.users:
         raise ValueError("the eval split has no user with a new item to retrieve")
-    k_max = max(ks)
-    model_scores = query_embeddings(model, eval_set["users"], eval_set["histories"]) @ (
-        model.catalog_embeddings.numpy().T)
-    train_rows = np.array([item_rows.get(i, -1) for i in train[features.ITEM_ID]])
-    popularity = np.bincount(train_rows[train_rows >= 0], minlength=len(catalogue))
-    popularity_scores = np.broadcast_to(popularity.astype(np.float64),
-                                        (len(eval_set["users"]), len(catalogue)))
-    results = {}
-    for name, scores in (("model", model_scores), ("popularity", popularity_scores)):
-        ranked = metrics.top_k_unseen(scores, eval_set["seen"], k_max)
-        results[name] = metrics.retrieval_metrics(ranked, eval_set["relevant"], ks, len(catalogue))
-    return results
+    known = np.array([item in item_rows for item in train.items])
+    train_item_rows = np.array([item_rows[i] for i in train.items[known]], dtype=np.int64)
+    _, train_user_rows = np.unique(train.users[known], return_inverse=True)
+    scorers = {"model": ExportedModelScorer(model_dir, catalogue, eval_set)}
+    scorers.update(protocol.baseline_scorers(train_user_rows, train_item_rows, eval_set,
+                                               len(catalogue)))
+    if baseline_model_dir:
+        scorers["last_blessed"] = ExportedModelScorer(baseline_model_dir, catalogue, eval_set)
+    popularity = np.bincount(train_item_rows, minlength=len(catalogue)).astype(np.float64)
+    return protocol.score_all(eval_set, scorers, ks, len(catalogue), popularity,
+                                catalogue_categories(items_path, catalogue))
+
+
+def blessing_verdict(results: dict, metric: str, min_value: float, must_beat_popularity: bool,
+                     regression_tolerance: float, already_blessed: bool = False) -> list[str]:
+    """The reasons not to bless (empty: blessed). Compares ``results[...]["all"][metric]``."""
+    if metric not in results["model"]["all"]:
+        raise ValueError(f"blessing_metric {metric!r} is not one of "
+                         f"{sorted(results['model']['all'])}")
+    value = results["model"]["all"][metric]
+    reasons = []
+    if value < min_value:
+        reasons.append(f"{metric}={value:.4f} is below the floor {min_value}")
+    if must_beat_popularity and value <= results["popularity"]["all"][metric]:
+        reasons.append(f"{metric}={value:.4f} does not beat popularity "
+                       f"({results['popularity']['all'][metric]:.4f})")
+    if already_blessed:
+        reasons.append("this model is the last blessed model itself (unchanged inputs): it was "
+                       "pushed already, so it is not blessed again")
+    if "last_blessed" in results:
+        previous = results["last_blessed"]["all"][metric]
+        if value < previous - regression_tolerance:
+            reasons.append(f"{metric}={value:.4f} regresses against the last blessed model "
+                           f"({previous:.4f}, tolerance {regression_tolerance})")
+    return reasons
 
 
 @tfx.dsl.components.component
@@ -118,33 +139,40 @@ def RetrievalEvaluator(
     examples: tfx.dsl.components.InputArtifact[tfx.types.standard_artifacts.Examples],
     evaluation: tfx.dsl.components.OutputArtifact[tfx.types.standard_artifacts.ModelEvaluation],
     blessing: tfx.dsl.components.OutputArtifact[tfx.types.standard_artifacts.ModelBlessing],
+    items_path: tfx.dsl.components.Parameter[str],
+    # Optional: the resolver finds no blessed model on a first run. (TFX's parser wants the bare
+    # InputArtifact annotation with a None default, not Optional[...].)
+    baseline_model: tfx.dsl.components.InputArtifact[tfx.types.standard_artifacts.Model] = None,
     ks: tfx.dsl.components.Parameter[str] = "[10, 50, 100]",
     blessing_metric: tfx.dsl.components.Parameter[str] = "ndcg@10",
     min_blessing_value: tfx.dsl.components.Parameter[float] = 0.0,
     must_beat_popularity: tfx.dsl.components.Parameter[int] = 1,
+    regression_tolerance: tfx.dsl.components.Parameter[float] = 0.0,
 ) -> None:
-    """Evaluates ``model`` on ``examples`` and writes ``metrics.json`` and the blessing."""
-    cutoffs = [int(k) for k in json.loads(ks)]
-    results = evaluate(os.path.join(model.uri, "Format-Serving"), examples, cutoffs)
-    if blessing_metric not in results["model"]:
-        raise ValueError(f"blessing_metric {blessing_metric!r} is not one of "
-                         f"{sorted(results['model'])}")
-    value = results["model"][blessing_metric]
-    baseline = results["popularity"][blessing_metric]
-    reasons = []
-    if value < min_blessing_value:
-        reasons.append(f"{blessing_metric}={value:.4f} is below the floor {min_blessing_value}")
-    if must_beat_popularity and value <= baseline:
-        reasons.append(f"{blessing_metric}={value:.4f} does not beat popularity ({baseline:.4f})")
+    """Evaluates ``model`` on ``examples``; writes ``metrics.json`` and the blessing."""
+    same_model = baseline_model is not None and baseline_model.id == model.id
+    if same_model:
+        baseline_model = None
+    serving_dir = lambda artifact: os.path.join(artifact.uri, "Format-Serving")  # noqa: E731
+    results = evaluate(serving_dir(model), examples, items_path, [int(k) for k in json.loads(ks)],
+                       serving_dir(baseline_model) if baseline_model else None)
+    reasons = blessing_verdict(results, blessing_metric, min_blessing_value,
+                               bool(must_beat_popularity), regression_tolerance, same_model)
     blessed = not reasons
     report = {"metrics": results, "blessing_metric": blessing_metric, "blessed": blessed,
-              "reasons": reasons, "min_blessing_value": min_blessing_value}
+              "reasons": reasons, "min_blessing_value": min_blessing_value,
+              "baseline_model": baseline_model.uri if baseline_model else None}
     with tf.io.gfile.GFile(os.path.join(evaluation.uri, METRICS_FILE), "w") as f:
         json.dump(report, f, indent=2)
-    for name, value in results["model"].items():
-        evaluation.set_float_custom_property(name.replace("@", "_at_"), value)
+    for ranking, slices in results.items():
+        for name, value in slices["all"].items():
+            evaluation.set_float_custom_property(f"{ranking}_{name.replace('@', '_at_')}", value)
     blessing.set_int_custom_property("blessed", int(blessed))
+    # LatestBlessedModelStrategy finds the blessed model through this id.
+    blessing.set_int_custom_property("current_model_id", model.id)
+    blessing.set_string_custom_property("current_model", model.uri)
     blessing.set_string_custom_property("reasons", "; ".join(reasons) or "all checks passed")
     with tf.io.gfile.GFile(os.path.join(blessing.uri, "BLESSED" if blessed else "NOT_BLESSED"),
                            "w") as f:
         f.write(json.dumps(reasons))
+

@@ -1,0 +1,175 @@
+"""The service's one door to the retrieval model on TF Serving (or the local model server).
+
+The gateway pins every request to one model version, so the version a response reports is the
+version that answered. A poller follows the server: when a higher version becomes AVAILABLE, the
+gateway reads that version's item embeddings (``item_embedding`` signature, for the
+similar-items route) and only then switches to it. A version unloaded under a request
+(NOT_FOUND) triggers a refresh and one retry.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import threading
+from collections.abc import Sequence
+
+import numpy as np
+
+from serving.client import Code, ModelClient, ModelServerError
+from shoprec import features
+
+_log = logging.getLogger(__name__)
+
+AVAILABLE = "AVAILABLE"
+
+
+class ModelUnavailableError(RuntimeError):
+    """No model version is available (the server is down or has not loaded one yet)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class ServedModel:
+    """One model version and the catalogue's embeddings in it.
+
+    Attributes:
+      version: the model version.
+      embeddings: ``[I, D]`` unit item embeddings in catalogue row order (zeros where missing).
+      found: ``[I]`` whether the model knows each catalogue item.
+    """
+
+    version: int
+    embeddings: np.ndarray
+    found: np.ndarray
+
+
+def _text(values: np.ndarray) -> list[str]:
+    return [value.decode() if isinstance(value, bytes) else str(value) for value in values]
+
+
+class ModelGateway:
+    """Calls the retrieval model's signatures through :class:`serving.client.ModelClient`.
+
+    Args:
+      client: a client of the model (REST or gRPC).
+      catalogue_item_ids: ``[I]`` item ids in catalogue row order.
+      embedding_batch_size: item ids per ``item_embedding`` request.
+    """
+
+    def __init__(self, client: ModelClient, catalogue_item_ids: np.ndarray, embedding_batch_size: int = 1000) -> None:
+        self._client = client
+        self._item_ids = [str(item_id) for item_id in catalogue_item_ids]
+        self._batch_size = embedding_batch_size
+        self._served: ServedModel | None = None
+        self._refresh_lock = threading.Lock()
+        self._stop = threading.Event()
+        self._poller: threading.Thread | None = None
+
+    @property
+    def served(self) -> ServedModel | None:
+        """The version in use and its embeddings; None before the first successful refresh."""
+        return self._served
+
+    def refresh(self) -> ServedModel | None:
+        """Switches to the highest AVAILABLE version if it is new.
+
+        Returns:
+          The version in use afterwards (None when the server has none).
+
+        Raises:
+          ModelServerError: the server could not be asked, or failed to embed the catalogue.
+        """
+        with self._refresh_lock:
+            available = [status.version for status in self._client.status() if status.state == AVAILABLE]
+            if not available:
+                self._served = None
+                return None
+            newest = max(available)
+            if self._served is None or self._served.version != newest:
+                embeddings, found = self._embed_catalogue(newest)
+                self._served = ServedModel(newest, embeddings, found)
+                _log.info("serving model version %d (%d of %d catalogue items embedded)",
+                          newest, int(found.sum()), len(found))
+            return self._served
+
+    def _embed_catalogue(self, version: int) -> tuple[np.ndarray, np.ndarray]:
+        embeddings, found = [], []
+        for start in range(0, len(self._item_ids), self._batch_size):
+            outputs = self._client.predict({features.ITEM_ID: self._item_ids[start:start + self._batch_size]},
+                                           signature_name=features.SIGNATURE_ITEM_EMBEDDING, version=version)
+            embeddings.append(np.asarray(outputs[features.OUTPUT_EMBEDDING], np.float32))
+            found.append(np.asarray(outputs[features.OUTPUT_FOUND], bool))
+        if not embeddings:
+            return np.zeros((0, 0), np.float32), np.zeros(0, bool)
+        matrix = np.concatenate(embeddings)
+        norms = np.linalg.norm(matrix, axis=1, keepdims=True)
+        return matrix / np.maximum(norms, 1e-12), np.concatenate(found)
+
+    def _refreshed(self) -> ServedModel:
+        try:
+            served = self.refresh()
+        except ModelServerError as err:
+            raise ModelUnavailableError(f"model server unreachable: {err.code.name}: {err.message}") from err
+        if served is None:
+            raise ModelUnavailableError("the model server has no AVAILABLE version")
+        return served
+
+    def current(self) -> ServedModel:
+        """The version in use, refreshing first when there is none yet.
+
+        Raises:
+          ModelUnavailableError: no version is available.
+        """
+        return self._served or self._refreshed()
+
+    def top_k(self, user_id: str, history: Sequence[str]) -> tuple[list[str], np.ndarray, int]:
+        """Runs ``recommend_with_history`` for one user.
+
+        Args:
+          user_id: the user (an unknown id gets the model's out-of-vocabulary profile).
+          history: recent item ids, most recent last.
+
+        Returns:
+          ``(item_ids, scores, version)``, best first.
+
+        Raises:
+          ModelUnavailableError: no version is available.
+          ModelServerError: the prediction failed.
+        """
+        inputs = {features.USER_ID: [user_id], features.HISTORY: [list(history) or [""]]}
+        served = self.current()
+        for attempt in range(2):
+            try:
+                outputs = self._client.predict(inputs, signature_name=features.SIGNATURE_TOP_K_WITH_HISTORY,
+                                               version=served.version)
+            except ModelServerError as err:
+                if attempt or err.code is not Code.NOT_FOUND:
+                    raise
+                served = self._refreshed()  # the version went away: follow the server
+                continue
+            return (_text(outputs[features.OUTPUT_ITEM_IDS][0]),
+                    np.asarray(outputs[features.OUTPUT_SCORES][0], np.float64), served.version)
+        raise AssertionError("unreachable")
+
+    def start_polling(self, interval_seconds: float) -> None:
+        """Refreshes now (failures are logged) and then every ``interval_seconds`` in a thread."""
+        self._poll_once()
+        self._poller = threading.Thread(target=self._poll, args=(interval_seconds,), name="model-poll", daemon=True)
+        self._poller.start()
+
+    def _poll_once(self) -> None:
+        try:
+            self.refresh()
+        except ModelServerError as err:
+            _log.warning("model server refresh failed: %s: %s", err.code.name, err.message)
+
+    def _poll(self, interval_seconds: float) -> None:
+        while not self._stop.wait(interval_seconds):
+            self._poll_once()
+
+    def close(self) -> None:
+        """Stops the poller and closes the client."""
+        self._stop.set()
+        if self._poller is not None:
+            self._poller.join(timeout=5)
+        self._client.close()
