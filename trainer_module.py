@@ -116,7 +116,8 @@ def run_fn(fn_args: tfx.components.FnArgs) -> None:
 
     tf.keras.utils.set_random_seed(0)
     model = two_tower.TwoTowerModel(sizes, probability, output_dim=config.embedding_dim,
-                                    temperature=config.temperature)
+                                    temperature=config.temperature, pooling=config.pooling,
+                                    history_length=history_length)
     model.compile(optimizer=tf.keras.optimizers.Adagrad(learning_rate=config.learning_rate))
     history = model.fit(dataset(fn_args.train_files, shuffle=True), epochs=config.epochs,
                         validation_data=dataset(fn_args.eval_files, shuffle=False), verbose=2)

@@ -20,7 +20,7 @@ import tensorflow_transform as tft  # noqa: E402
 from shoprec import features  # noqa: E402
 from shoprec.config import SplitConfig  # noqa: E402
 
-HISTORY_LENGTH = SplitConfig.history_length
+HISTORY_LENGTH = SplitConfig.history_length  # default; the pipeline passes its own in custom_config
 
 
 def _dense(x: tf.Tensor | tf.SparseTensor) -> tf.Tensor:
@@ -47,14 +47,21 @@ def history_matrix(history: tf.SparseTensor, vocabulary: tf.Tensor, length: int)
     return indices.to_tensor(default_value=0, shape=[None, length])
 
 
-def preprocessing_fn(inputs: dict[str, tf.Tensor | tf.SparseTensor]) -> dict[str, tf.Tensor]:
-    """tf.Transform callback; see the module docstring for what each output holds."""
+def preprocessing_fn(inputs: dict[str, tf.Tensor | tf.SparseTensor],
+                     custom_config: dict | None = None) -> dict[str, tf.Tensor]:
+    """tf.Transform callback; see the module docstring for what each output holds.
+
+    Args:
+      inputs: raw features, as parsed with the curated schema.
+      custom_config: ``{"history_length": N}`` from the pipeline (default SplitConfig's).
+    """
+    history_length = int((custom_config or {}).get("history_length", HISTORY_LENGTH))
     outputs: dict[str, tf.Tensor] = {}
     item_ids = _dense(inputs[features.ITEM_ID])
     item_vocabulary = tft.vocabulary(item_ids, vocab_filename=features.ITEM_ID_VOCAB)
     outputs[features.ITEM_ID_FEATURE.transformed_name] = item_index(item_ids, item_vocabulary)
     outputs[features.HISTORY_FEATURE.transformed_name] = history_matrix(
-        inputs[features.HISTORY], item_vocabulary, HISTORY_LENGTH)
+        inputs[features.HISTORY], item_vocabulary, history_length)
     for feature in (features.USER_ID_FEATURE, features.AGE_GROUP_FEATURE,
                     features.CATEGORY_FEATURE, features.BRAND_FEATURE):
         outputs[feature.transformed_name] = tft.compute_and_apply_vocabulary(

@@ -14,6 +14,7 @@ import argparse
 import json
 import os
 import resource
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -33,9 +34,11 @@ def run_once(events: int, output_dir: str) -> dict[str, object]:
                "--events", str(events)]
     env = dict(os.environ, TF_USE_LEGACY_KERAS="1")
     began = time.perf_counter()
-    with open(os.path.join(output_dir, "runner.log"), "w") as log:
-        subprocess.run(command, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT,
-                       check=True)
+    log_path = os.path.join(output_dir, "runner.log")
+    with open(log_path, "w") as log:
+        finished = subprocess.run(command, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
+    if finished.returncode != 0:
+        raise RuntimeError(f"the pipeline failed on {events:,} events; its log: {log_path}")
     wall = time.perf_counter() - began
     with open(os.path.join(output_dir, "run_summary.json")) as f:
         summary = json.load(f)
@@ -62,8 +65,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     results = []
     for events in args.sizes:
         print(f"running the pipeline on {events:,} events ...", flush=True)
-        with tempfile.TemporaryDirectory() as output_dir:
-            result = run_once(events, output_dir)
+        output_dir = tempfile.mkdtemp(prefix=f"bench_pipeline_{events}_")
+        result = run_once(events, output_dir)
+        shutil.rmtree(output_dir)  # kept, with its log, when the run fails
         results.append(result)
         print(json.dumps(result), flush=True)
     report = {"benchmark": "pipeline", "machine": machine_info(),

@@ -26,7 +26,8 @@ from absl import logging  # noqa: E402
 
 from pipeline import pipeline as pipeline_lib  # noqa: E402
 from pipeline import run_summary  # noqa: E402
-from shoprec.config import MODEL_NAME, PIPELINE_NAME, EvalConfig, ShopConfig, TrainConfig  # noqa: E402
+from shoprec.config import (MODEL_NAME, PIPELINE_NAME, EvalConfig, ShopConfig,  # noqa: E402
+                            SplitConfig, TrainConfig)
 from shoprec import reporting  # noqa: E402
 from shoprec.data import canonical  # noqa: E402
 
@@ -57,6 +58,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--users", type=int, default=ShopConfig.users)
     parser.add_argument("--items", type=int, default=ShopConfig.items)
     parser.add_argument("--seed", type=int, default=ShopConfig.seed)
+    parser.add_argument("--eval_fraction", type=float, default=SplitConfig.eval_fraction,
+                        help="share of events, the latest, in the eval split (default: %(default)s)")
+    parser.add_argument("--history_length", type=int, default=SplitConfig.history_length,
+                        help="behaviour-sequence length N (default: %(default)s)")
     for field in dataclasses.fields(TrainConfig):  # every hyper-parameter, e.g. --learning_rate
         parser.add_argument(f"--{field.name}", type=_FLAG_TYPES[field.type], default=field.default,
                             help=f"two-tower {field.name} (default: %(default)s)")
@@ -93,10 +98,11 @@ def prepare_data(args: argparse.Namespace) -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    if args.epochs < 1 or args.batch_size < 1 or args.top_k < 1 or args.embedding_dim < 1:
-        raise SystemExit("--epochs, --batch_size, --top_k and --embedding_dim must be >= 1")
-    if args.temperature <= 0 or args.learning_rate < 0:
-        raise SystemExit("--temperature must be > 0 and --learning_rate >= 0")
+    try:
+        train = TrainConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)})
+        split = SplitConfig(eval_fraction=args.eval_fraction, history_length=args.history_length)
+    except ValueError as error:
+        raise SystemExit(f"bad flag: {error}") from None
     logging.set_verbosity(logging.INFO)
     from tfx import v1 as tfx
 
@@ -115,7 +121,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         metadata_connection_config=tfx.orchestration.metadata.sqlite_metadata_connection_config(
             metadata_path),
         beam_pipeline_args=["--direct_running_mode=in_memory", "--direct_num_workers=1"],
-        train=TrainConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)}),
+        split=split,
+        train=train,
         evaluation=EvalConfig(min_blessing_value=args.min_ndcg,
                               must_beat_popularity=not args.bless_below_popularity),
         model_name=args.model_name,

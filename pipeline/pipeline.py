@@ -70,6 +70,7 @@ def create_pipeline(
     transform = tfx.components.Transform(
         examples=example_gen.outputs["examples"], schema=gate.outputs["validated_schema"],
         preprocessing_fn=PREPROCESSING_FN,
+        custom_config={"history_length": split.history_length},
         # StatisticsGen already profiled the raw data; Transform's own pre/post statistics
         # would double the component's time for nothing the pipeline reads.
         disable_statistics=True)

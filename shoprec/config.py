@@ -35,6 +35,12 @@ class SplitConfig:
     eval_fraction: float = 0.2  # share of events (by time) in the eval split
     history_length: int = 20  # N previous items kept in each example's behaviour sequence
 
+    def __post_init__(self) -> None:
+        if not 0.0 < self.eval_fraction < 1.0:
+            raise ValueError(f"eval_fraction must be in (0, 1), got {self.eval_fraction}")
+        if self.history_length < 1:
+            raise ValueError(f"history_length must be >= 1, got {self.history_length}")
+
 
 @dataclasses.dataclass(frozen=True)
 class TrainConfig:
@@ -46,7 +52,19 @@ class TrainConfig:
     embedding_dim: int = 64  # output width of both towers
     temperature: float = 0.1
     logq_correction: bool = True
+    pooling: str = "mean"  # behaviour-sequence pooling: mean | attention | gru
     top_k: int = 100  # items returned by the serving signature
+
+    def __post_init__(self) -> None:
+        for name in ("epochs", "batch_size", "embedding_dim", "top_k"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.temperature <= 0:
+            raise ValueError(f"temperature must be > 0, got {self.temperature}")
+        if self.learning_rate < 0:
+            raise ValueError(f"learning_rate must be >= 0, got {self.learning_rate}")
+        if self.pooling not in ("mean", "attention", "gru"):
+            raise ValueError(f"pooling must be mean, attention or gru, got {self.pooling!r}")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -26,8 +26,10 @@ def _batch(n: int, seed: int = 0) -> dict[str, tf.Tensor]:
     }
 
 
-def test_towers_output_unit_vectors_of_the_configured_width():
-    model = two_tower.TwoTowerModel(SIZES, None, output_dim=16)
+@pytest.mark.parametrize("pooling", two_tower.POOLINGS)
+def test_towers_output_unit_vectors_of_the_configured_width(pooling):
+    model = two_tower.TwoTowerModel(SIZES, None, output_dim=16, pooling=pooling,
+                                    history_length=HISTORY)
     batch = _batch(8)
     query, candidate = model.query_tower(batch), model.candidate_tower(batch)
     assert query.shape == (8, 16) and candidate.shape == (8, 16)
@@ -65,3 +67,23 @@ def test_sampling_probability_is_a_distribution_with_no_zeros():
     np.testing.assert_allclose(probability, np.array([1, 2, 1, 1]) / 5)
     with pytest.raises(ValueError, match="expected \\(41,\\)"):
         two_tower.TwoTowerModel(SIZES, np.ones(3, np.float32))
+
+
+def test_last_valid_picks_the_most_recent_position():
+    sequence = tf.reshape(tf.range(2 * 3 * 2, dtype=tf.float32), [2, 3, 2])
+    indices = tf.constant([[5, 6, 0], [0, 0, 0]])
+    np.testing.assert_allclose(two_tower.last_valid(sequence, indices), [[2.0, 3.0], [0.0, 0.0]])
+
+
+def test_attention_pooling_ignores_padding_and_future_positions():
+    layer = two_tower.AttentionPooling(length=4, dim=8)
+    embeddings = tf.random.stateless_normal([1, 4, 8], seed=[1, 2])
+    indices = tf.constant([[3, 7, 0, 0]])
+    changed_padding = tf.concat([embeddings[:, :2], 100.0 + embeddings[:, 2:]], axis=1)
+    np.testing.assert_allclose(layer(embeddings, indices), layer(changed_padding, indices),
+                               rtol=1e-5, atol=1e-5)
+
+
+def test_unknown_pooling_is_refused():
+    with pytest.raises(ValueError, match="unknown pooling 'max'"):
+        two_tower.make_pooling("max", 5, 8)

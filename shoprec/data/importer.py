@@ -6,8 +6,8 @@ REES46 sample and Amazon Beauty), and writes ``events.csv``, ``items.csv`` and `
 says how it was handled::
 
     python -m shoprec.data.importer --source csv --input logs.csv --mapping my.yaml --out shop/
-    python -m shoprec.data.importer --source rees46 --input ../shared/datasets/rees46-sample/events.csv --out rees46/
-    python -m shoprec.data.importer --source amazon-beauty --input ../shared/datasets/amazon-beauty --out beauty/
+    python -m shoprec.data.importer --source rees46 --input rees46-sample/events.csv --out r/
+    python -m shoprec.data.importer --source amazon-beauty --input amazon-beauty/ --out beauty/
 
 The rules (defaults for missing fields, conflict resolution, sessions, the two datasets) are
 documented in ``docs/own_logs.md``; the names of the problem kinds live in
@@ -23,6 +23,7 @@ import dataclasses
 import json
 import math
 import os
+import re
 import sys
 from typing import Any, Iterator, Sequence
 
@@ -51,7 +52,7 @@ OPTIONAL_FIELDS: tuple[str, ...] = (features.CATEGORY, features.BRAND, features.
 MAPPABLE_FIELDS: tuple[str, ...] = REQUIRED_FIELDS + OPTIONAL_FIELDS + (features.EVENT_ID,)
 _FALLBACK_FIELDS = (features.CATEGORY, features.BRAND)
 _TIME_UNITS: dict[str, int] = {"s": 1, "ms": 10**3, "us": 10**6, "ns": 10**9}
-_NOT_IN_IDS = ',"\r\n'  # canonical ids must not hold these (docs/data_schema.md)
+_NOT_IN_IDS_PATTERN = '[,"\r\n]'  # canonical ids must not hold these (docs/data_schema.md)
 _SANITIZE = str.maketrans({",": ";", '"': "'", "\r": " ", "\n": " "})
 _CSV_CHUNK_ROWS = 500_000
 
@@ -399,6 +400,7 @@ class _TableStager:
         self.columns = {f: c for f, c in named.items() if c in header}  # field -> source column
         self.header = header
         self.declared = declared
+        self.usable: dict[str, bool] = {}  # optional field -> some written row has a value
 
     # --- helpers -------------------------------------------------------------------------
     def _examples(self, mask: np.ndarray, field: str, values: np.ndarray,
@@ -492,7 +494,8 @@ class _TableStager:
         self._refuse(~known, "unknown_event_type", features.EVENT_TYPE, text,
                      f"the row is not written (mapped values: {allowed})")
         self._refuse(known & mapped.isna().to_numpy(), "ignored_event_type",
-                     features.EVENT_TYPE, text, "the row is not written: the mapping maps the value to null")
+                     features.EVENT_TYPE, text,
+                     "the row is not written: the mapping maps the value to null")
         return mapped.to_numpy(dtype=object)
 
     def _category_or_brand(self, field: str, kept: np.ndarray, rows: np.ndarray) -> np.ndarray:
@@ -509,6 +512,7 @@ class _TableStager:
         else:
             use_other = np.zeros(len(kept), dtype=bool)
         unknown = values == ""
+        self.usable[field] = not unknown.all()
         values = np.where(unknown, UNKNOWN, values).astype(object)
         if text is not None:
             rule = (f"taken from {fallback.column!r} as {fallback.prefix}<{fallback.column}>, "
@@ -536,7 +540,7 @@ class _TableStager:
         if column is None:
             return np.full(len(kept), np.nan)
         text = _to_text(self.frame[column])[kept]
-        prices = pd.to_numeric(self.frame[column], errors="coerce").to_numpy(dtype=float)[kept]
+        prices = pd.to_numeric(pd.Series(text, dtype=object), errors="coerce").to_numpy(float)
         empty = text == ""
         unparsable = ~empty & ~np.isfinite(prices)
         non_positive = np.isfinite(prices) & (prices <= 0)
@@ -551,6 +555,7 @@ class _TableStager:
                         f"value discarded, treated as missing: {rule}",
                         self._examples(non_positive, features.PRICE, text, rows))
         prices[empty | unparsable | non_positive] = np.nan
+        self.usable[features.PRICE] = bool(np.isfinite(prices).any())
         return prices
 
     def _sessions(self, kept: np.ndarray, rows: np.ndarray) -> np.ndarray:
@@ -560,6 +565,7 @@ class _TableStager:
             return np.full(len(kept), "", dtype=object)
         values = text[kept]
         empty = values == ""
+        self.usable[features.SESSION_ID] = not empty.all()
         self.report.add("empty_session", int(empty.sum()),
                         f"a session derived from the user's empty-session rows, cut at "
                         f"gaps of {SESSION_GAP_S // 60} min or more, id "
@@ -577,6 +583,7 @@ class _TableStager:
         mapped = np.array([table.get(v, v) for v in values], dtype=object)
         empty = values == ""
         outside = ~empty & ~np.isin(mapped, features.AGE_GROUPS)
+        self.usable[features.AGE_GROUP] = not (empty | outside).all()
         self.report.add("empty_age_group", int(empty.sum()),
                         f"a user takes the most frequent age group of its rows, else {UNKNOWN!r}",
                         self._examples(empty, features.AGE_GROUP, values, rows))
@@ -587,13 +594,18 @@ class _TableStager:
         return np.where(empty | outside, "", mapped).astype(object)
 
     def _field_status(self) -> None:
-        """Fills ``present_fields`` and ``fields`` and reports absent optional fields."""
+        """Fills ``present_fields`` and ``fields`` and reports absent optional fields.
+
+        A field is present when its column (or fallback) exists and at least one written row
+        has a usable value; otherwise every value is the default and it is ``"filled"``.
+        """
+        self.usable.setdefault(features.EVENT_TYPE, True)
         absent = []
         for field in OPTIONAL_FIELDS:
             column = self.columns.get(field)
             fallback = self.mapping.fallbacks.get(field)
             has_fallback = fallback is not None and fallback.column in self.header
-            present = column is not None or has_fallback
+            present = (column is not None or has_fallback) and self.usable.get(field, False)
             self.report.present_fields[field] = (report_lib.PRESENT if present
                                                   else report_lib.FILLED_FIELD)
             detail: dict[str, Any] = {"status": self.report.present_fields[field],
@@ -622,8 +634,8 @@ _DEFAULT_RULES: dict[str, str] = {
 
 
 def _has_forbidden(values: np.ndarray) -> np.ndarray:
-    """(n,) bool: the value holds a comma, quote or line break."""
-    return np.array([any(ch in v for ch in _NOT_IN_IDS) for v in values], dtype=bool)
+    """(n,) bool: the string value holds a comma, quote or line break."""
+    return pd.Series(values, dtype=object).str.contains(_NOT_IN_IDS_PATTERN).to_numpy(dtype=bool)
 
 
 def _plain(value: Any) -> Any:
@@ -723,7 +735,7 @@ def _stage_amazon(input_path: str, report: ImportReport) -> _Staged:
         user, sequence = tokens[0], tokens[1:]
         report.rows_read += max(1, len(sequence))
         kind = ("malformed_row" if not sequence else "duplicate_user" if user in seen
-                else "invalid_id" if _has_forbidden(np.array(tokens, dtype=object)).any()
+                else "invalid_id" if re.search(_NOT_IN_IDS_PATTERN, " ".join(tokens))
                 else None)
         if kind is not None:
             counts[kind] += max(1, len(sequence))
@@ -738,7 +750,8 @@ def _stage_amazon(input_path: str, report: ImportReport) -> _Staged:
         rows += [line_number] * len(sequence)
     report.add("blank_line", blank, "skipped: it holds no data")
     report.add("malformed_row", counts["malformed_row"],
-               "the line is not written: a line is a user id followed by item ids", problems["malformed_row"])
+               "the line is not written: a line is a user id followed by item ids",
+               problems["malformed_row"])
     report.add("duplicate_user", counts["duplicate_user"],
                "the line is not written; the user's first line is kept", problems["duplicate_user"])
     report.add("invalid_id", counts["invalid_id"], "the whole line is not written",
@@ -872,7 +885,8 @@ def _finish(staged: _Staged, report: ImportReport
     events = events.reset_index(drop=True)
     repeated = events.duplicated([features.USER_ID, features.ITEM_ID, features.EVENT_TYPE,
                                   features.TIMESTAMP]).to_numpy()
-    report.add("duplicate_event", int(repeated.sum()), "written as they are: logs may record a repeat",
+    report.add("duplicate_event", int(repeated.sum()),
+               "written as they are: logs may record a repeat",
                [{"row": _plain(r), "field": None, "value": None}
                 for r in events.loc[repeated, _ROW].head(report_lib.MAX_EXAMPLES)])
     events[features.SESSION_ID] = _settle_sessions(events, report)
@@ -977,7 +991,7 @@ def _resolve(rows: pd.DataFrame, key: str, field: str, valid: pd.Series, kind: s
                 "id": _plain(key_value), "field": field,
                 "values": {str(_plain(v)): int(n) for v, n in zip(options[field], options["n"])},
                 "chosen": _plain(chosen[key_value]),
-                "rows": [_plain(r) for r in options["first_row"] if pd.notna(r)]})
+                "rows": sorted(_plain(r) for r in options["first_row"] if pd.notna(r))})
         in_conflict = stats[stats[key].isin(conflicted)]
         disagreeing = int(in_conflict["n"].sum() - in_conflict.drop_duplicates(key)["n"].sum())
         report.add(kind, len(conflicted), "the most frequent value of the rows, ties "
@@ -992,11 +1006,10 @@ def _fill_prices(items: pd.DataFrame, report: ImportReport) -> None:
     known = items.loc[~missing, features.PRICE]
     fill = round(float(known.median()), 2) if len(known) else PRICE_PLACEHOLDER
     if report.present_fields.get(features.PRICE) == report_lib.PRESENT:
-        report.add("item_without_price", int(missing.sum()),
-                   f"{'the median item price' if len(known) else 'the placeholder price'} {fill}", [{"row": None, "id": _plain(i), "field": features.PRICE,
-                                 "value": None}
-                                for i in items.loc[missing, features.ITEM_ID].head(
-                                    report_lib.MAX_EXAMPLES)])
+        what = "the median item price" if len(known) else "the placeholder price"
+        examples = [{"row": None, "id": _plain(item), "field": features.PRICE}
+                    for item in items.loc[missing, features.ITEM_ID].head(report_lib.MAX_EXAMPLES)]
+        report.add("item_without_price", int(missing.sum()), f"{what} {fill}", examples)
     report.fields.setdefault(features.PRICE, {})["filled_items"] = int(missing.sum())
     report.fields[features.PRICE]["fill_value"] = fill
     items.loc[missing, features.PRICE] = fill
@@ -1109,6 +1122,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     if not args.quiet:
         print(report.render())
+        print(f"  report: {os.path.join(args.out, report_lib.REPORT_FILE)}")
     return 0
 
 

@@ -14,16 +14,32 @@ sequence from the training data. Signatures (names from :mod:`shoprec.features`)
 
 Scores are cosine similarities in [-1, 1]. K is fixed at export (``top_k``), capped at the
 catalogue size.
+
+Top-K is exact by default (brute force: one ``[B, D] x [D, I]`` product and ``tf.math.top_k``).
+With ``scann=ScannConfig(...)`` a ScaNN index answers instead (:mod:`shoprec.model.scann_index`;
+same signatures and outputs; the SavedModel then needs ScaNN's custom ops to load). A batch for
+which the scanned partitions held fewer than K items falls back to the exact top K, so every row
+still holds K distinct catalogue items.
+
+``save`` also writes ``assets.extra/tf_serving_warmup_requests`` (:mod:`serving.warmup`), which
+the Pusher copies with the model. :func:`synthetic_serving_module` builds the same module over a
+synthetic catalogue of any size, for benchmarks and tests.
 """
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import tensorflow as tf
 
+from serving import warmup
 from shoprec import features
+from shoprec.model import scann_index
 
 _HISTORY_SEPARATOR = " "
+_WARMUP_USERS = 3  # known users with a warmup request of their own
+_WARMUP_HISTORY = 5  # items in the warmup history request
 
 
 def _string_table(keys: np.ndarray, values: np.ndarray, default: str) -> tf.lookup.StaticHashTable:
@@ -32,40 +48,83 @@ def _string_table(keys: np.ndarray, values: np.ndarray, default: str) -> tf.look
                                             tf.constant(values, tf.string)), default_value=default)
 
 
+@dataclasses.dataclass(frozen=True)
+class _WarmupSample:
+    """Snapshot values the warmup requests use (a plain object: not saved in the SavedModel)."""
+
+    users: tuple[str, ...]
+    history: tuple[str, ...]
+
+
+def _warmup_sample(user_ids: np.ndarray, user_histories: np.ndarray,
+                   item_ids: np.ndarray) -> _WarmupSample:
+    """The first few known users and the first non-empty snapshot history (else catalogue items)."""
+    histories = [h.split(_HISTORY_SEPARATOR) for h in np.asarray(user_histories).astype(str) if h]
+    history = histories[0] if histories else list(item_ids[:_WARMUP_HISTORY])
+    return _WarmupSample(tuple(np.asarray(user_ids).astype(str)[:_WARMUP_USERS]),
+                         tuple(history[-_WARMUP_HISTORY:]))
+
+
 class RetrievalServingModule(tf.Module):
     """Holds everything the serving signatures need; see the module docstring.
 
     Args:
-      tft_layer: ``TFTransformOutput.transform_features_layer()``.
+      tft_layer: ``TFTransformOutput.transform_features_layer()``; ``None`` when the towers read
+        the raw features themselves.
       query_tower: maps transformed query features to ``[B, D]``.
-      candidate_tower: maps transformed item features to ``[B, D]``.
-      catalogue: raw item columns (``item_id``, ``category``, ``brand``, ``price``), each ``[I]``.
+      candidate_tower: maps transformed item features to ``[B, D]``; ``None`` when
+        ``item_embeddings`` are given.
+      catalogue: raw item columns (``item_id``, ``category``, ``brand``, ``price``), each ``[I]``;
+        only ``item_id`` when ``item_embeddings`` are given.
       user_ids: ``[U]`` known users of the snapshot.
       user_age_groups: ``[U]`` their age groups.
       user_histories: ``[U]`` their latest items, most recent last, space-separated.
       top_k: K, the length of the returned lists.
+      item_embeddings: precomputed ``[I, D]`` candidate embeddings in catalogue order, instead of
+        running ``candidate_tower`` over the catalogue.
+      scann: serve top-K from a ScaNN index built with this config; ``None``: exact brute force.
+
+    Raises:
+      ValueError: duplicate item ids, not exactly one of ``candidate_tower`` and
+        ``item_embeddings``, or embeddings whose rows do not match the catalogue.
     """
 
-    def __init__(self, tft_layer: tf.keras.layers.Layer, query_tower: tf.keras.Model,
-                 candidate_tower: tf.keras.Model, catalogue: dict[str, np.ndarray],
+    def __init__(self, tft_layer: tf.keras.layers.Layer | None,
+                 query_tower: tf.keras.Model | tf.Module,
+                 candidate_tower: tf.keras.Model | None, catalogue: dict[str, np.ndarray],
                  user_ids: np.ndarray, user_age_groups: np.ndarray, user_histories: np.ndarray,
-                 top_k: int):
+                 top_k: int, item_embeddings: np.ndarray | None = None,
+                 scann: scann_index.ScannConfig | None = None):
         super().__init__(name="retrieval_serving")
+        if (candidate_tower is None) == (item_embeddings is None):
+            raise ValueError("give exactly one of candidate_tower and item_embeddings")
         self.tft_layer = tft_layer
         self.query_tower = query_tower
         self.candidate_tower = candidate_tower
         item_ids = np.asarray(catalogue[features.ITEM_ID]).astype(str)
         if len(np.unique(item_ids)) != len(item_ids):
             raise ValueError("the catalogue has duplicate item ids")
+        if item_embeddings is None:
+            item_embeddings = self._embed_items(catalogue)
+        elif item_embeddings.ndim != 2 or item_embeddings.shape[0] != len(item_ids):
+            raise ValueError(f"item_embeddings must be [{len(item_ids)}, D], "
+                             f"got {item_embeddings.shape}")
+        item_embeddings = np.asarray(item_embeddings, np.float32)
         self.top_k = min(top_k, len(item_ids))
         self.catalog_item_ids = tf.Variable(item_ids, trainable=False, name="catalog_item_ids")
-        self.catalog_embeddings = tf.Variable(self._embed_items(catalogue), trainable=False,
+        self.catalog_embeddings = tf.Variable(item_embeddings, trainable=False,
                                               name="catalog_embeddings")
+        self.approximate_index = (None if scann is None else
+                                 scann_index.ScannIndex(item_embeddings, self.top_k, scann))
         self.item_rows = tf.lookup.StaticHashTable(
             tf.lookup.KeyValueTensorInitializer(tf.constant(item_ids),
                                                 tf.range(len(item_ids), dtype=tf.int64)), -1)
         self.user_age_groups = _string_table(user_ids, user_age_groups, "")
         self.user_histories = _string_table(user_ids, user_histories, "")
+        self._warmup = _warmup_sample(user_ids, user_histories, item_ids)
+
+    def _transform(self, raw: dict[str, tf.Tensor | tf.SparseTensor]) -> dict[str, tf.Tensor]:
+        return raw if self.tft_layer is None else self.tft_layer(raw)
 
     def _embed_items(self, catalogue: dict[str, np.ndarray], batch_size: int = 4096) -> np.ndarray:
         """``[I, D]`` candidate embeddings of the raw catalogue, in catalogue order."""
@@ -77,7 +136,7 @@ class RetrievalServingModule(tf.Module):
                 values = np.asarray(catalogue[feature.name][start:start + batch_size])
                 dtype = tf.float32 if feature.dtype == "float" else tf.string
                 raw[feature.name] = tf.reshape(tf.constant(values, dtype), [-1, 1])
-            chunks.append(self.candidate_tower(self.tft_layer(raw)).numpy())
+            chunks.append(self.candidate_tower(self._transform(raw)).numpy())
         return np.concatenate(chunks, axis=0)
 
     def _query(self, user_id: tf.Tensor, history: tf.Tensor) -> tf.Tensor:
@@ -88,13 +147,31 @@ class RetrievalServingModule(tf.Module):
             features.AGE_GROUP: tf.reshape(self.user_age_groups.lookup(user_id), [-1, 1]),
             features.HISTORY: packed.to_sparse(),
         }
-        return self.query_tower(self.tft_layer(raw))
+        return self.query_tower(self._transform(raw))
 
-    def _top_k(self, query: tf.Tensor) -> dict[str, tf.Tensor]:
+    def _exact_top_k(self, query: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+        """``[B, D]`` queries -> ``int32[B, K]`` catalogue rows and ``float32[B, K]`` scores."""
         scores = tf.linalg.matmul(query, self.catalog_embeddings, transpose_b=True)
         top = tf.math.top_k(scores, k=self.top_k)
-        return {features.OUTPUT_ITEM_IDS: tf.gather(self.catalog_item_ids, top.indices),
-                features.OUTPUT_SCORES: top.values}
+        return top.indices, top.values
+
+    def _scann_top_k(self, query: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+        """Like ``_exact_top_k``, from the ScaNN index; exact for a batch it cannot fill."""
+        rows, scores = self.approximate_index.search(query)
+        complete = tf.logical_and(tf.equal(tf.shape(rows)[1], self.top_k),
+                                  tf.reduce_all(tf.math.is_finite(scores)))
+        rows, scores = tf.cond(complete, lambda: (rows, scores),
+                               lambda: self._exact_top_k(query))
+        return (tf.ensure_shape(rows, [None, self.top_k]),
+                tf.ensure_shape(scores, [None, self.top_k]))
+
+    def _top_k(self, query: tf.Tensor) -> dict[str, tf.Tensor]:
+        if self.approximate_index is None:
+            rows, scores = self._exact_top_k(query)
+        else:
+            rows, scores = self._scann_top_k(query)
+        return {features.OUTPUT_ITEM_IDS: tf.gather(self.catalog_item_ids, rows),
+                features.OUTPUT_SCORES: scores}
 
     def _snapshot_history(self, user_id: tf.Tensor) -> tf.Tensor:
         joined = self.user_histories.lookup(user_id)
@@ -122,8 +199,13 @@ class RetrievalServingModule(tf.Module):
         embedding = embedding * tf.cast(found, embedding.dtype)[:, tf.newaxis]
         return {features.OUTPUT_EMBEDDING: embedding, features.OUTPUT_FOUND: found}
 
-    def save(self, export_dir: str) -> None:
-        """Writes the SavedModel with all four signatures."""
+    def save(self, export_dir: str, write_warmup: bool = True) -> None:
+        """Writes the SavedModel with all four signatures, and its warmup requests.
+
+        Args:
+          export_dir: the SavedModel directory (local or any ``tf.io.gfile`` path).
+          write_warmup: also write ``assets.extra/tf_serving_warmup_requests``.
+        """
         tf.saved_model.save(self, export_dir, signatures={
             features.SIGNATURE_TOP_K: self.recommend.get_concrete_function(),
             features.SIGNATURE_TOP_K_WITH_HISTORY:
@@ -131,6 +213,9 @@ class RetrievalServingModule(tf.Module):
             features.SIGNATURE_QUERY_EMBEDDING: self.query_embedding.get_concrete_function(),
             features.SIGNATURE_ITEM_EMBEDDING: self.item_embedding.get_concrete_function(),
         })
+        if write_warmup:
+            warmup.write_warmup_file(
+                export_dir, warmup.retrieval_requests(self._warmup.users, self._warmup.history))
 
 
 def join_history(items: list[str]) -> str:

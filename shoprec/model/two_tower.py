@@ -51,11 +51,83 @@ def masked_mean(embeddings: tf.Tensor, indices: tf.Tensor) -> tf.Tensor:
     return total / tf.maximum(tf.reduce_sum(mask, axis=1), 1.0)
 
 
+def last_valid(sequence: tf.Tensor, indices: tf.Tensor) -> tf.Tensor:
+    """``[batch, length, dim]`` -> the vector at each row's last non-padding position.
+
+    Rows are right-padded with index 0; rows with no items give a zero vector.
+    """
+    lengths = tf.reduce_sum(tf.cast(indices > 0, tf.int32), axis=1)
+    picked = tf.gather(sequence, tf.maximum(lengths - 1, 0), batch_dims=1)
+    return picked * tf.cast(lengths > 0, sequence.dtype)[:, tf.newaxis]
+
+
+class AttentionPooling(tf.keras.layers.Layer):
+    """One causal Transformer block over the sequence; returns the most recent position.
+
+    Input ``[batch, length, dim]`` item embeddings with their ``[batch, length]`` indices (0 =
+    padding, on the right); output ``[batch, dim]``.
+    """
+
+    def __init__(self, length: int, dim: int, heads: int = 2, **kwargs):
+        super().__init__(**kwargs)
+        self.positions = tf.keras.layers.Embedding(length, dim)
+        self.attention = tf.keras.layers.MultiHeadAttention(heads, key_dim=dim // heads)
+        self.norm_attention = tf.keras.layers.LayerNormalization()
+        self.feed_forward = tf.keras.Sequential([tf.keras.layers.Dense(2 * dim, activation="relu"),
+                                                 tf.keras.layers.Dense(dim)])
+        self.norm_output = tf.keras.layers.LayerNormalization()
+
+    def call(self, embeddings: tf.Tensor, indices: tf.Tensor) -> tf.Tensor:
+        length = tf.shape(indices)[1]
+        x = embeddings + self.positions(tf.range(length))[tf.newaxis]
+        valid = indices > 0
+        causal = tf.linalg.band_part(tf.ones([length, length], tf.bool), -1, 0)
+        mask = tf.logical_and(causal[tf.newaxis], valid[:, tf.newaxis, :])
+        x = self.norm_attention(x + self.attention(x, x, attention_mask=mask))
+        x = self.norm_output(x + self.feed_forward(x))
+        return last_valid(x, indices)
+
+
+class GRUPooling(tf.keras.layers.Layer):
+    """A GRU over the non-padding positions; returns its final state ``[batch, dim]``."""
+
+    def __init__(self, dim: int, **kwargs):
+        super().__init__(**kwargs)
+        self.gru = tf.keras.layers.GRU(dim)
+
+    def call(self, embeddings: tf.Tensor, indices: tf.Tensor) -> tf.Tensor:
+        state = self.gru(embeddings, mask=indices > 0)
+        has_items = tf.reduce_any(indices > 0, axis=1)
+        return state * tf.cast(has_items, state.dtype)[:, tf.newaxis]
+
+
+class MeanPooling(tf.keras.layers.Layer):
+    """Masked mean of the sequence's item embeddings ``[batch, dim]``."""
+
+    def call(self, embeddings: tf.Tensor, indices: tf.Tensor) -> tf.Tensor:
+        return masked_mean(embeddings, indices)
+
+
+POOLINGS = ("mean", "attention", "gru")
+
+
+def make_pooling(pooling: str, history_length: int, dim: int) -> tf.keras.layers.Layer:
+    """The sequence pooling layer named ``pooling`` (one of :data:`POOLINGS`)."""
+    if pooling == "mean":
+        return MeanPooling(name="mean_pooling")
+    if pooling == "attention":
+        return AttentionPooling(history_length, dim, name="attention_pooling")
+    if pooling == "gru":
+        return GRUPooling(dim, name="gru_pooling")
+    raise ValueError(f"unknown pooling {pooling!r}; choose one of {', '.join(POOLINGS)}")
+
+
 class QueryTower(tf.keras.Model):
     """User id, age group and behaviour sequence -> ``[batch, output_dim]`` unit vectors."""
 
     def __init__(self, sizes: VocabularySizes, item_embedding: tf.keras.layers.Embedding,
-                 output_dim: int, hidden_units: int = 128):
+                 output_dim: int, pooling: str = "mean", history_length: int = 20,
+                 hidden_units: int = 128):
         super().__init__(name="query_tower")
         dims = _vocab_features(sizes)
         self.embeddings = {
@@ -63,12 +135,13 @@ class QueryTower(tf.keras.Model):
                                                           name=f"{f.name}_embedding")
             for f in features.QUERY_FEATURES if f in dims}
         self.item_embedding = item_embedding
+        self.pooling = make_pooling(pooling, history_length, item_embedding.output_dim)
         self.mlp = _mlp(hidden_units, output_dim, "query_mlp")
 
     def call(self, inputs: dict[str, tf.Tensor]) -> tf.Tensor:
         history = inputs[features.HISTORY_FEATURE.transformed_name]
         parts = [layer(inputs[name]) for name, layer in self.embeddings.items()]
-        parts.append(masked_mean(self.item_embedding(history), history))
+        parts.append(self.pooling(self.item_embedding(history), history))
         return self.mlp(tf.concat(parts, axis=1))
 
 
@@ -104,14 +177,17 @@ class TwoTowerModel(tfrs.models.Model):
         correction off.
       output_dim: width of both tower outputs.
       temperature: divides the cosine scores before the softmax.
+      pooling: how the query tower summarises the behaviour sequence (:data:`POOLINGS`).
+      history_length: N, the behaviour sequence's padded length.
     """
 
     def __init__(self, sizes: VocabularySizes, item_sampling_probability: np.ndarray | None,
-                 output_dim: int = 64, temperature: float = 0.1):
+                 output_dim: int = 64, temperature: float = 0.1, pooling: str = "mean",
+                 history_length: int = 20):
         super().__init__()
         item_embedding = tf.keras.layers.Embedding(
             sizes.items, features.ITEM_ID_FEATURE.embedding_dim, name="item_id_embedding")
-        self.query_tower = QueryTower(sizes, item_embedding, output_dim)
+        self.query_tower = QueryTower(sizes, item_embedding, output_dim, pooling, history_length)
         self.candidate_tower = CandidateTower(sizes, item_embedding, output_dim)
         self.item_sampling_probability = None
         if item_sampling_probability is not None:

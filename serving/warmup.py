@@ -1,0 +1,93 @@
+"""Warmup requests written into an export: ``assets.extra/tf_serving_warmup_requests``.
+
+TF Serving (and the local server) replays each record of that TFRecord of ``PredictionLog`` once
+before a version serves, so the first real requests do not pay for table initialisation, function
+tracing or, in a ScaNN export, building the searcher from its saved state. The Trainer's export
+writes the file (``RetrievalServingModule.save``), so the Pusher copies it with the model.
+
+The recommender's records, one request each (batch sizes 1 and ``len(known_users) + 1``):
+
+* ``serving_default``: each known user alone, an unknown user alone, and all of them together;
+* ``recommend_with_history``: a known and an unknown user with a recent-items history;
+* ``query_embedding``: the same two queries;
+* ``item_embedding``: the history items and an unknown item.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+
+import tensorflow as tf
+from tensorflow_serving.apis import model_pb2, predict_pb2, prediction_log_pb2
+
+from serving.servable import MAX_WARMUP_RECORDS, WARMUP_FILE
+from shoprec import config, features
+
+UNKNOWN_USER = "warmup-unknown-user"  # an id no snapshot holds: exercises the cold-start path
+UNKNOWN_ITEM = "warmup-unknown-item"
+
+
+def predict_request(signature_name: str, inputs: dict[str, object],
+                    model_name: str = config.MODEL_NAME) -> predict_pb2.PredictRequest:
+    """A PredictRequest for one signature; ``inputs`` are lists or arrays, one per input name."""
+    request = predict_pb2.PredictRequest(
+        model_spec=model_pb2.ModelSpec(name=model_name, signature_name=signature_name))
+    for name, value in inputs.items():
+        request.inputs[name].CopyFrom(tf.make_tensor_proto(value))
+    return request
+
+
+def retrieval_requests(known_users: Sequence[str], history: Sequence[str],
+                       model_name: str = config.MODEL_NAME) -> list[predict_pb2.PredictRequest]:
+    """The recommender's warmup requests (see the module docstring).
+
+    Args:
+      known_users: a few user ids of the export's snapshot (may be empty).
+      history: recent catalogue item ids, most recent last (at least one).
+      model_name: the name in each request's ``model_spec``.
+
+    Raises:
+      ValueError: an empty history.
+    """
+    if not history:
+        raise ValueError("warmup needs at least one history item")
+    users = [*known_users, UNKNOWN_USER]
+    queries = {features.USER_ID: [users[0], UNKNOWN_USER],
+               features.HISTORY: [list(history), list(history)]}
+    requests = [predict_request(features.SIGNATURE_TOP_K, {features.USER_ID: [user]}, model_name)
+                for user in users]
+    requests.append(predict_request(features.SIGNATURE_TOP_K, {features.USER_ID: users}, model_name))
+    requests.append(predict_request(features.SIGNATURE_TOP_K_WITH_HISTORY, queries, model_name))
+    requests.append(predict_request(features.SIGNATURE_QUERY_EMBEDDING, queries, model_name))
+    requests.append(predict_request(features.SIGNATURE_ITEM_EMBEDDING,
+                                    {features.ITEM_ID: [*history, UNKNOWN_ITEM]}, model_name))
+    return requests
+
+
+def write_warmup_file(export_dir: str, requests: Sequence[predict_pb2.PredictRequest]) -> str:
+    """Writes one ``PredictionLog`` per request to ``<export_dir>/assets.extra/...``.
+
+    Returns:
+      The file's path.
+
+    Raises:
+      ValueError: no request, or more than TF Serving's limit of 1,000.
+    """
+    if not 1 <= len(requests) <= MAX_WARMUP_RECORDS:
+        raise ValueError(f"warmup takes 1 to {MAX_WARMUP_RECORDS} requests, got {len(requests)}")
+    path = os.path.join(export_dir, WARMUP_FILE)
+    tf.io.gfile.makedirs(os.path.dirname(path))
+    with tf.io.TFRecordWriter(path) as writer:
+        for request in requests:
+            log = prediction_log_pb2.PredictionLog(
+                predict_log=prediction_log_pb2.PredictLog(request=request))
+            writer.write(log.SerializeToString())
+    return path
+
+
+def read_warmup_file(export_dir: str) -> list[prediction_log_pb2.PredictionLog]:
+    """The records of an export's warmup file (raises ``tf.errors.NotFoundError`` without one)."""
+    path = os.path.join(export_dir, WARMUP_FILE)
+    return [prediction_log_pb2.PredictionLog.FromString(record.numpy())
+            for record in tf.data.TFRecordDataset(path)]
