@@ -4,11 +4,18 @@ The signatures are read from the SavedModel's own ``MetaGraphDef`` (tag ``serve`
 works with any model and reports metadata exactly as TF Serving does (``__saved_model_init_op``
 included). Predict checks a request the way TF Serving's ``predict_util.cc`` does and with its
 messages; the computation runs through the signature functions of ``tf.saved_model.load``.
+
+Custom ops: before loading, every op type the SavedModel uses must be registered in this process.
+An op in a namespace listed in ``CUSTOM_OP_MODULES`` (ScaNN's ``Scann>...``) registers itself by
+importing that Python module, which this server does only for the models that need it (as the
+ScaNN-enabled TF Serving image has ScaNN's ops linked in). Any other unregistered op fails the
+load with NOT_FOUND, as in TF Serving.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import importlib
 import logging
 import os
 import time
@@ -20,6 +27,7 @@ import tensorflow as tf
 from google.protobuf import message as protobuf_message
 from google.protobuf import text_format
 from tensorflow.core.protobuf import meta_graph_pb2, saved_model_pb2
+from tensorflow.python.framework import op_def_registry
 from tensorflow_serving.apis import prediction_log_pb2
 
 from serving import dtypes, tensor_codec
@@ -36,6 +44,9 @@ PREDICT_METHOD_NAMES = (
     "tensorflow/serving/classify",
     "tensorflow/serving/regress",
 )
+
+# Op namespace (the part before ">" of a custom op's type) -> the module whose import registers it.
+CUSTOM_OP_MODULES: Mapping[str, str] = {"Scann": "scann.scann_ops.py.scann_ops"}
 
 _log = logging.getLogger(__name__)
 
@@ -98,6 +109,54 @@ def read_meta_graph(export_dir: str, tags: frozenset[str] = frozenset({SERVE_TAG
     )
 
 
+def _op_types(meta_graph: meta_graph_pb2.MetaGraphDef) -> set[str]:
+    """The op types a MetaGraphDef runs (graph and function library; calls of its own functions
+    excluded)."""
+    library = meta_graph.graph_def.library
+    types = {node.op for node in meta_graph.graph_def.node}
+    for function in library.function:
+        types.update(node.op for node in function.node_def)
+    return types - {function.signature.name for function in library.function}
+
+
+def load_custom_ops(meta_graph: meta_graph_pb2.MetaGraphDef) -> list[str]:
+    """Registers the custom ops a SavedModel needs by importing their modules (``CUSTOM_OP_MODULES``).
+
+    Returns:
+        The modules imported for this model (already imported ones included).
+
+    Raises:
+        ModelServerError: NOT_FOUND for an op that is not registered and that no known module
+            provides, or whose module cannot be imported.
+    """
+    imported: list[str] = []
+    for op_type in sorted(_op_types(meta_graph)):
+        if op_def_registry.get(op_type) is not None:
+            continue
+        module = CUSTOM_OP_MODULES.get(op_type.split(">", 1)[0]) if ">" in op_type else None
+        if module is None:
+            raise ModelServerError(
+                Code.NOT_FOUND,
+                f"Op type not registered '{op_type}' in binary running on this model server. Make "
+                "sure the Op and Kernel are registered in the binary running in this process.",
+            )
+        try:
+            importlib.import_module(module)
+        except ImportError as err:
+            raise ModelServerError(
+                Code.NOT_FOUND,
+                f"Op type not registered '{op_type}': the model needs the custom ops of {module}, "
+                f"which cannot be imported ({err})",
+            ) from err
+        _log.info("Imported %s for the custom op %s", module, op_type)
+        imported.append(module)
+        if op_def_registry.get(op_type) is None:
+            raise ModelServerError(
+                Code.NOT_FOUND, f"Op type not registered '{op_type}' (not defined by {module})"
+            )
+    return imported
+
+
 class Servable:
     """A loaded SavedModel version that answers Predict on its signatures.
 
@@ -128,6 +187,7 @@ class Servable:
             ModelServerError: The model cannot be loaded; the code says why.
         """
         meta_graph = read_meta_graph(export_dir)
+        load_custom_ops(meta_graph)
         try:
             loaded = tf.saved_model.load(export_dir, tags=[SERVE_TAG])
         except tf.errors.OpError as err:

@@ -321,11 +321,16 @@ def _to_text(values: pd.Series) -> np.ndarray:
     return np.array([str(v).strip() for v in text], dtype=object)
 
 
-def _parse_timestamps(values: pd.Series, mapping: Mapping) -> np.ndarray:
+def _parse_timestamps(values: pd.Series, mapping: Mapping, where: str) -> np.ndarray:
     """Source times -> Unix seconds (UTC), floored; ``(rows,)`` float, NaN where unparsable.
 
     Datetime columns (Parquet) are used as they are; numbers and strings follow
     ``mapping.timestamp_format``. Times without an offset are in ``mapping.timezone``.
+
+    Args:
+      values: the source column.
+      mapping: gives the format, unit and time zone.
+      where: file and column, for the error message.
     """
     if pd.api.types.is_datetime64_any_dtype(values.dtype):
         parsed = values
@@ -342,8 +347,8 @@ def _parse_timestamps(values: pd.Series, mapping: Mapping) -> np.ndarray:
         parsed = pd.to_datetime(text, format=pattern, errors="coerce", utc=utc)
         if not pd.api.types.is_datetime64_any_dtype(parsed.dtype):
             raise ImportDataError(
-                f"timestamps mix time zone offsets with times that have none; with timezone "
-                f"{mapping.timezone!r} give an offset on every value or on none")
+                f"{where}: timestamps mix time zone offsets with times that have none; with "
+                f"timezone {mapping.timezone!r} give an offset on every value or on none")
     if parsed.dt.tz is None:
         parsed = parsed.dt.tz_localize(mapping.timezone, ambiguous="NaT", nonexistent="NaT")
     nanoseconds = parsed.dt.tz_convert("UTC").astype("int64").to_numpy()
@@ -471,7 +476,8 @@ class _TableStager:
         column = self.frame[self.columns[features.TIMESTAMP]]
         text = _to_text(column)
         self._refuse(text == "", "missing_required_value", features.TIMESTAMP, text)
-        seconds = _parse_timestamps(column, self.mapping)
+        where = f"{self.report.input_path}, column {self.columns[features.TIMESTAMP]!r}"
+        seconds = _parse_timestamps(column, self.mapping, where)
         spec = (f"format {self.mapping.timestamp_format!r}" +
                 (f", unit {self.mapping.timestamp_unit}"
                  if self.mapping.timestamp_format == "unix" else "") +
@@ -862,7 +868,8 @@ def _amazon_field_status(report: ImportReport, attributes_path: str) -> None:
     report.fields[features.TIMESTAMP] = {
         "status": "synthesized",
         "rule": f"a user's k-th last interaction is at {AMAZON_LAST_TIMESTAMP} - k * "
-                f"{AMAZON_STEP_S} s (2014-07-01 UTC minus k days): each user's order is kept and "
+                f"{AMAZON_STEP_S} s ({pd.Timestamp(AMAZON_LAST_TIMESTAMP, unit='s')} UTC minus k "
+                f"x {AMAZON_STEP_S // 3600} h): each user's order is kept and "
                 "every user ends at the same time, so the pipeline's time split holds each "
                 "user's last interactions"}
     report.mapping = {"sequences": AMAZON_SEQUENCES_FILE, "attributes": AMAZON_ATTRIBUTES_FILE,

@@ -33,6 +33,15 @@ def _vocab_features(sizes: VocabularySizes) -> dict[features.Feature, int]:
             features.CATEGORY_FEATURE: sizes.categories, features.BRAND_FEATURE: sizes.brands}
 
 
+def _embedding_layers(tower_features: tuple[features.Feature, ...],
+                      sizes: VocabularySizes) -> dict[str, tf.keras.layers.Embedding]:
+    """Transformed name -> embedding, for the tower's vocabulary features except item ids."""
+    dims = _vocab_features(sizes)
+    return {f.transformed_name: tf.keras.layers.Embedding(dims[f], f.embedding_dim,
+                                                          name=f"{f.name}_embedding")
+            for f in tower_features if f in dims}
+
+
 def _mlp(hidden_units: int, output_dim: int, name: str) -> tf.keras.Sequential:
     return tf.keras.Sequential([
         tf.keras.layers.Dense(hidden_units, activation="relu"),
@@ -129,11 +138,7 @@ class QueryTower(tf.keras.Model):
                  output_dim: int, pooling: str = "mean", history_length: int = 20,
                  hidden_units: int = 128):
         super().__init__(name="query_tower")
-        dims = _vocab_features(sizes)
-        self.embeddings = {
-            f.transformed_name: tf.keras.layers.Embedding(dims[f], f.embedding_dim,
-                                                          name=f"{f.name}_embedding")
-            for f in features.QUERY_FEATURES if f in dims}
+        self.embeddings = _embedding_layers(features.QUERY_FEATURES, sizes)
         self.item_embedding = item_embedding
         self.pooling = make_pooling(pooling, history_length, item_embedding.output_dim)
         self.mlp = _mlp(hidden_units, output_dim, "query_mlp")
@@ -151,11 +156,7 @@ class CandidateTower(tf.keras.Model):
     def __init__(self, sizes: VocabularySizes, item_embedding: tf.keras.layers.Embedding,
                  output_dim: int, hidden_units: int = 128):
         super().__init__(name="candidate_tower")
-        dims = _vocab_features(sizes)
-        self.embeddings = {
-            f.transformed_name: tf.keras.layers.Embedding(dims[f], f.embedding_dim,
-                                                          name=f"{f.name}_embedding")
-            for f in features.CANDIDATE_FEATURES if f in dims}
+        self.embeddings = _embedding_layers(features.CANDIDATE_FEATURES, sizes)
         self.item_embedding = item_embedding
         self.mlp = _mlp(hidden_units, output_dim, "candidate_mlp")
 

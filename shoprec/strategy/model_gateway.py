@@ -17,7 +17,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from serving.client import Code, ModelClient, ModelServerError
-from shoprec import features
+from shoprec import config, features
 
 _log = logging.getLogger(__name__)
 
@@ -53,11 +53,15 @@ class ModelGateway:
     Args:
       client: a client of the model (REST or gRPC).
       catalogue_item_ids: ``[I]`` item ids in catalogue row order.
+      history_length: histories are cut or ``""``-padded to this length, so that every request
+        has the same shape and the server can batch concurrent ones together.
       embedding_batch_size: item ids per ``item_embedding`` request.
     """
 
-    def __init__(self, client: ModelClient, catalogue_item_ids: np.ndarray, embedding_batch_size: int = 1000) -> None:
+    def __init__(self, client: ModelClient, catalogue_item_ids: np.ndarray,
+                 history_length: int = config.SplitConfig.history_length, embedding_batch_size: int = 1000) -> None:
         self._client = client
+        self._history_length = history_length
         self._item_ids = [str(item_id) for item_id in catalogue_item_ids]
         self._batch_size = embedding_batch_size
         self._served: ServedModel | None = None
@@ -127,7 +131,7 @@ class ModelGateway:
 
         Args:
           user_id: the user (an unknown id gets the model's out-of-vocabulary profile).
-          history: recent item ids, most recent last.
+          history: recent item ids, most recent last (only the last ``history_length`` are used).
 
         Returns:
           ``(item_ids, scores, version)``, best first.
@@ -136,7 +140,9 @@ class ModelGateway:
           ModelUnavailableError: no version is available.
           ModelServerError: the prediction failed.
         """
-        inputs = {features.USER_ID: [user_id], features.HISTORY: [list(history) or [""]]}
+        recent = list(history)[-self._history_length:]
+        padded = recent + [""] * (self._history_length - len(recent))
+        inputs = {features.USER_ID: [user_id], features.HISTORY: [padded]}
         served = self.current()
         for attempt in range(2):
             try:
