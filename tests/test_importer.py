@@ -381,6 +381,7 @@ def test_rees46_counts_and_mess(rees46):
     assert (len(items), len(users)) == (6_493, 4_504)
     assert report.count("empty_brand") / report.rows_read == pytest.approx(0.14, abs=0.005)
     assert report.count("empty_category") / report.rows_read == pytest.approx(0.33, abs=0.005)
+    assert (report.count("empty_brand"), report.count("empty_category")) == (2_477, 5_746)
     assert report.problems["empty_category"].details["filled_from_fallback"] == \
         report.count("empty_category")
     assert report.count("non_positive_price") > 0
