@@ -39,7 +39,7 @@ class ItemKNN:
         interactions.sum_duplicates()
         interactions.data[:] = 1.0  # a user counts once per item, however often they acted
         co_occurrence = (interactions.T @ interactions).tocsr().astype(np.float32)
-        co_occurrence.setdiag(0.0)
+        co_occurrence = (co_occurrence - sparse.diags(co_occurrence.diagonal())).tocsr()
         co_occurrence.eliminate_zeros()
         norms = np.sqrt(np.asarray(interactions.sum(axis=0)).ravel())
         norms[norms == 0] = 1.0
