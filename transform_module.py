@@ -7,7 +7,9 @@
 * ``history`` becomes a dense ``[batch, history_length]`` int64 matrix, most recent last,
   zero-padded on the right;
 * ``price`` becomes the z-score of ``log(price)``;
-* ``timestamp`` passes through unchanged, for ordering only.
+* ``timestamp`` passes through unchanged, for ordering only;
+* a feature listed in ``custom_config["disabled_features"]`` (an optional field the importer
+  filled with a default) becomes a constant, so the towers get no signal from it.
 """
 
 import os
@@ -56,6 +58,7 @@ def preprocessing_fn(inputs: dict[str, tf.Tensor | tf.SparseTensor],
       custom_config: ``{"history_length": N}`` from the pipeline (default SplitConfig's).
     """
     history_length = int((custom_config or {}).get("history_length", HISTORY_LENGTH))
+    disabled = set((custom_config or {}).get("disabled_features", ()))
     outputs: dict[str, tf.Tensor] = {}
     item_ids = _dense(inputs[features.ITEM_ID])
     item_vocabulary = tft.vocabulary(item_ids, vocab_filename=features.ITEM_ID_VOCAB)
@@ -64,10 +67,14 @@ def preprocessing_fn(inputs: dict[str, tf.Tensor | tf.SparseTensor],
         inputs[features.HISTORY], item_vocabulary, history_length)
     for feature in (features.USER_ID_FEATURE, features.AGE_GROUP_FEATURE,
                     features.CATEGORY_FEATURE, features.BRAND_FEATURE):
+        values = _dense(inputs[feature.name])
+        if feature.name in disabled:  # one vocabulary entry: a constant index, no signal
+            values = tf.fill(tf.shape(values), features.UNKNOWN)
         outputs[feature.transformed_name] = tft.compute_and_apply_vocabulary(
-            _dense(inputs[feature.name]), num_oov_buckets=feature.oov_buckets,
-            vocab_filename=f"{feature.name}_vocab")
+            values, num_oov_buckets=feature.oov_buckets, vocab_filename=f"{feature.name}_vocab")
     log_price = tf.math.log(tf.maximum(_dense(inputs[features.PRICE]), 1e-3))
+    if features.PRICE in disabled:
+        log_price = tf.zeros_like(log_price)
     outputs[features.PRICE_FEATURE.transformed_name] = tft.scale_to_z_score(log_price)
     # Passed through for ordering only (the trainer's user snapshot); no tower reads it.
     outputs[features.TIMESTAMP] = _dense(inputs[features.TIMESTAMP])

@@ -25,10 +25,10 @@ from typing import Sequence  # noqa: E402
 from absl import logging  # noqa: E402
 
 from pipeline import pipeline as pipeline_lib  # noqa: E402
-from pipeline import run_summary  # noqa: E402
+from pipeline import run_schema, run_summary  # noqa: E402
 from shoprec.config import (MODEL_NAME, PIPELINE_NAME, EvalConfig, ShopConfig,  # noqa: E402
                             SplitConfig, TrainConfig)
-from shoprec import reporting  # noqa: E402
+from shoprec import features, reporting  # noqa: E402
 from shoprec.data import canonical  # noqa: E402
 
 
@@ -111,6 +111,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     args.output_dir = output_dir
     os.makedirs(output_dir, exist_ok=True)
     data_dir = os.path.abspath(prepare_data(args))
+    schema = run_schema.prepare_schema(data_dir, output_dir)
+    model_feature_names = {feature.name for feature in features.FEATURES}
+    disabled = tuple(f for f in schema.filled_fields if f in model_feature_names)
+    print(f"schema: {schema.description}; features the data lacks (constant in Transform): "
+          f"{', '.join(disabled) or 'none'}")
     metadata_path = os.path.join(output_dir, "metadata.sqlite")
     serving_dir = os.path.join(output_dir, "serving")
     pipeline = pipeline_lib.create_pipeline(
@@ -126,12 +131,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         evaluation=EvalConfig(min_blessing_value=args.min_ndcg,
                               must_beat_popularity=not args.bless_below_popularity),
         model_name=args.model_name,
+        schema_path=schema.path,
+        disabled_features=disabled,
         enable_cache=not args.no_cache,
     )
     run_started = time.time()
     tfx.orchestration.LocalDagRunner().run(pipeline)
     summary = run_summary.collect(metadata_path, PIPELINE_NAME, since=run_started)
     summary.update(output_dir=output_dir, data_dir=data_dir, serving_dir=serving_dir,
+                   schema=schema.description, disabled_features=list(disabled),
                    wall_seconds=round(time.time() - started, 1))
     if summary["metrics"]:
         summary["metrics_plot"] = os.path.join(output_dir, "metrics_at_k.png")

@@ -14,10 +14,10 @@ from tfx import v1 as tfx
 from components.anomalies_gate import AnomaliesGate
 from components.events_example_gen import EventsExampleGen
 from components.retrieval_evaluator import RetrievalEvaluator
+from pipeline.run_schema import CURATED_SCHEMA
 from shoprec import features
 from shoprec.config import MODEL_NAME, EvalConfig, SplitConfig, TrainConfig
 
-SCHEMA_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "schema")
 PREPROCESSING_FN = "transform_module.preprocessing_fn"
 RUN_FN = "trainer_module.run_fn"
 
@@ -32,7 +32,8 @@ def create_pipeline(
     split: SplitConfig = SplitConfig(),
     train: TrainConfig = TrainConfig(),
     evaluation: EvalConfig = EvalConfig(),
-    schema_dir: str = SCHEMA_DIR,
+    schema_path: str = CURATED_SCHEMA,
+    disabled_features: tuple[str, ...] = (),
     model_name: str = MODEL_NAME,
     enable_cache: bool = True,
 ) -> tfx.dsl.Pipeline:
@@ -48,7 +49,9 @@ def create_pipeline(
       split: the time split and behaviour-sequence length.
       train: two-tower hyper-parameters.
       evaluation: metrics cut-offs and the blessing rule.
-      schema_dir: folder with the curated ``schema.pbtxt``.
+      schema_path: the schema to validate against (see ``run_schema.prepare_schema``).
+      disabled_features: raw features the data does not really have (filled by the importer);
+        Transform turns them into a constant, so they carry no signal.
       model_name: TF Serving model name.
       enable_cache: reuse the outputs of components whose inputs did not change.
 
@@ -60,7 +63,7 @@ def create_pipeline(
     example_gen = EventsExampleGen(input_base=data_dir, eval_fraction=split.eval_fraction,
                                    history_length=split.history_length)
     schema_gen = tfx.components.ImportSchemaGen(
-        schema_file=os.path.join(schema_dir, "schema.pbtxt"))
+        schema_file=schema_path)
     statistics_gen = tfx.components.StatisticsGen(
         examples=example_gen.outputs["examples"], schema=schema_gen.outputs["schema"])
     example_validator = tfx.components.ExampleValidator(
@@ -70,7 +73,8 @@ def create_pipeline(
     transform = tfx.components.Transform(
         examples=example_gen.outputs["examples"], schema=gate.outputs["validated_schema"],
         preprocessing_fn=PREPROCESSING_FN,
-        custom_config={"history_length": split.history_length},
+        custom_config={"history_length": split.history_length,
+                       "disabled_features": list(disabled_features)},
         # StatisticsGen already profiled the raw data; Transform's own pre/post statistics
         # would double the component's time for nothing the pipeline reads.
         disable_statistics=True)

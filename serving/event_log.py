@@ -114,7 +114,8 @@ class EventLog:
           sqlite3.Error: the write failed; nothing of the batch was logged.
         """
         placeholders = ", ".join("?" * (len(_COLUMNS) + 1))
-        statement = f"INSERT OR IGNORE INTO events ({', '.join(_COLUMNS)}, received_at) VALUES ({placeholders})"
+        statement = (f"INSERT INTO events ({', '.join(_COLUMNS)}, received_at) VALUES ({placeholders}) "
+                     f"ON CONFLICT({features.EVENT_ID}) DO NOTHING")  # only a repeated id is skipped
         inserted = []
         with self._lock:
             cursor = self._connection.cursor()

@@ -43,6 +43,8 @@ CART = "cart"  # added to cart; real logs have it, the generated shop does not
 PURCHASE = "purchase"
 EVENT_TYPES: tuple[str, ...] = (CLICK, CART, PURCHASE)
 AGE_GROUPS: tuple[str, ...] = ("18-24", "25-34", "35-44", "45-54", "55+")
+UNKNOWN = "(unknown)"  # an imported category, brand or age group that the source does not give
+AGE_GROUP_VALUES: tuple[str, ...] = AGE_GROUPS + (UNKNOWN,)
 
 Dtype = Literal["string", "int64", "float"]
 
@@ -82,7 +84,8 @@ ITEM_COLUMNS: tuple[Column, ...] = (
 )
 USER_COLUMNS: tuple[Column, ...] = (
     Column(USER_ID, "string", "unique id of the user"),
-    Column(AGE_GROUP, "string", "self-declared age bracket", allowed=AGE_GROUPS),
+    Column(AGE_GROUP, "string", "self-declared age bracket, or (unknown)",
+           allowed=AGE_GROUP_VALUES),
 )
 CANONICAL_FILES: dict[str, tuple[Column, ...]] = {
     EVENTS_FILE: EVENT_COLUMNS,

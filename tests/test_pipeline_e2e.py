@@ -174,3 +174,28 @@ def test_missing_input_folder_or_column_is_named(tmp_path):
     (data_dir / F.USERS_FILE).write_text("user_id,age_group\n")
     with pytest.raises(canonical.DataError, match=r"items.csv: missing column\(s\) price"):
         local_runner.main(["--output_dir", str(tmp_path / "o2"), "--data_dir", str(data_dir)])
+
+
+REES46 = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "..", "shared",
+                      "datasets", "rees46-sample", "events.csv")
+
+
+@pytest.mark.skipif(not os.path.exists(REES46), reason=f"REES46 sample not found at {REES46}")
+def test_real_rees46_logs_run_through_the_pipeline(tmp_path):
+    from shoprec.data import importer
+
+    data_dir = str(tmp_path / "data")
+    report = importer.import_logs("rees46", REES46, data_dir)
+    assert report.rows_written == report.rows_read == 17_434
+    output_dir = str(tmp_path / "out")
+    assert local_runner.main(["--output_dir", output_dir, "--data_dir", data_dir,
+                              "--epochs", "1"]) == 0
+    with open(os.path.join(output_dir, "run_summary.json")) as f:
+        summary = json.load(f)
+    assert {c["state"] for c in summary["components"].values()} == {"COMPLETE"}
+    assert "category values" in summary["schema"] and "brand values" in summary["schema"]
+    assert summary["disabled_features"] == [F.AGE_GROUP]  # the sample has no age groups
+    users = summary["metrics"]["model"]["all"]["users"]
+    assert users > 500 and summary["metrics"]["item_knn"]["all"]["users"] == users
+    # Three hours of logs are too little to beat popularity: the blessing must say so.
+    assert summary["pushed"] == summary["blessed"]

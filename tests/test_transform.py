@@ -13,7 +13,7 @@ from tensorflow_metadata.proto.v0 import schema_pb2
 from tensorflow_transform.tf_metadata import dataset_metadata, schema_utils
 
 import transform_module
-from pipeline.pipeline import SCHEMA_DIR
+from pipeline.run_schema import CURATED_SCHEMA
 from shoprec import features as F
 
 
@@ -26,7 +26,7 @@ def _row(user, item, price, history, category="cat01", brand="brand01", age="25-
 
 @pytest.fixture(scope="module")
 def transformed(tmp_path_factory):
-    schema = text_format.Parse(open(os.path.join(SCHEMA_DIR, "schema.pbtxt")).read(),
+    schema = text_format.Parse(open(CURATED_SCHEMA).read(),
                                schema_pb2.Schema())
     metadata = dataset_metadata.DatasetMetadata(schema)
     spec = schema_utils.schema_as_feature_spec(schema).feature_spec

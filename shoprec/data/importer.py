@@ -40,7 +40,7 @@ from shoprec.data.import_report import ImportReport
 SOURCES: tuple[str, ...] = ("csv", "parquet", "rees46", "amazon-beauty")
 
 # Defaults for what a source lacks (docs/own_logs.md explains each choice).
-UNKNOWN = "(unknown)"  # category, brand or age group that the source does not give
+UNKNOWN = features.UNKNOWN
 PRICE_PLACEHOLDER = 1.0  # price of every item when no item has a valid price
 DEFAULT_EVENT_TYPE = features.CLICK  # when the source has no event type
 SESSION_GAP_S = 30 * 60  # a gap of this many seconds or more starts a new derived session

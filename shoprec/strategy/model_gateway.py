@@ -55,11 +55,12 @@ class ModelGateway:
       catalogue_item_ids: ``[I]`` item ids in catalogue row order.
       history_length: histories are cut or ``""``-padded to this length, so that every request
         has the same shape and the server can batch concurrent ones together.
-      embedding_batch_size: item ids per ``item_embedding`` request.
+      embedding_batch_size: item ids per ``item_embedding`` request (at most the server's
+        ``max_batch_size`` when it batches).
     """
 
     def __init__(self, client: ModelClient, catalogue_item_ids: np.ndarray,
-                 history_length: int = config.SplitConfig.history_length, embedding_batch_size: int = 1000) -> None:
+                 history_length: int = config.SplitConfig.history_length, embedding_batch_size: int = 100) -> None:
         self._client = client
         self._history_length = history_length
         self._item_ids = [str(item_id) for item_id in catalogue_item_ids]

@@ -1,0 +1,356 @@
+"""Trains and evaluates the two-tower model on item sequences (leave-one-out, full ranking).
+
+This is the training path of the Amazon Beauty benchmark (``bench/quality.py``); it works on any
+``user -> chronological items`` mapping. The model is :class:`shoprec.model.two_tower.TwoTowerModel`
+in its sequential set-up: the query tower runs causal self-attention over the last
+``max_length`` items, the candidate tower embeds the item (optionally with its category and
+brand), a score is their dot product, and training minimises a full softmax over the catalogue
+at every position of each user's training sequence.
+
+Protocol (as in the SASRec and S3-Rec papers): each user's last item is the test target, the
+second-last the validation target, the rest training (:func:`shoprec.data.importer.leave_one_out`).
+Every catalogue item is ranked; the items before the target are excluded. Model selection and
+early stopping read the validation targets only.
+
+Item *indices* here follow the Transform convention: 0 is padding, catalogue item r (0-based
+row) is index r + 1. Metrics and baselines work on rows.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from typing import Callable, Iterator, Sequence
+
+import numpy as np
+import tensorflow as tf
+
+from shoprec import features
+from shoprec.model import metrics as metrics_lib
+from shoprec.model import two_tower
+
+KS: tuple[int, ...] = (5, 10, 20)
+SELECTION_METRIC = "ndcg@10"
+_EVAL_USERS_PER_CHUNK = 2048
+
+
+@dataclasses.dataclass(frozen=True)
+class SequenceConfig:
+    """Model and training hyper-parameters of the sequential two-tower set-up.
+
+    Attributes:
+      max_length: items of history the query tower reads (the most recent ones).
+      embedding_dim: item embedding width, which is also both towers' output width.
+      blocks: causal self-attention blocks.
+      heads: attention heads per block.
+      dropout: dropout rate in the query tower.
+      normalize: cosine scores (divided by ``temperature``) instead of raw dot products.
+      temperature: divides the scores before the softmax.
+      use_user_id: the query tower also reads a user-id embedding.
+      item_attributes: the candidate tower also reads category and brand (then it ends in a
+        linear layer, and so does the query tower).
+      batch_size: sequences per training step.
+      learning_rate: Adam's.
+      epochs: most passes over the training sequences.
+      patience: stop after this many validations without a better ``SELECTION_METRIC``.
+      eval_every: validate every this many epochs.
+      time_budget_s: stop after the epoch that passes this much wall time (training plus
+        validation); ``None``: no limit.
+      seed: seeds weights, dropout and shuffling.
+    """
+
+    max_length: int = 50
+    embedding_dim: int = 64
+    blocks: int = 2
+    heads: int = 1
+    dropout: float = 0.5
+    normalize: bool = False
+    temperature: float = 1.0
+    use_user_id: bool = False
+    item_attributes: bool = False
+    batch_size: int = 128
+    learning_rate: float = 1e-3
+    epochs: int = 200
+    patience: int = 10
+    eval_every: int = 1
+    time_budget_s: float | None = None
+    seed: int = 0
+
+
+@dataclasses.dataclass
+class SequenceData:
+    """Leave-one-out sequences as item indices (0 = padding, row r = index r + 1).
+
+    Attributes:
+      item_ids: ``[items]`` the catalogue's item ids; index i is ``item_ids[i - 1]``.
+      users: ``[users]`` user ids.
+      train: per user, the training items' indices, oldest first.
+      valid: ``[users]`` validation target index (0: none).
+      test: ``[users]`` test target index (0: none).
+      categories: ``[items + 1]`` category index of each item index (0 for padding), or None.
+      brands: ``[items + 1]`` brand index of each item index, or None.
+    """
+
+    item_ids: list[str]
+    users: list[str]
+    train: list[np.ndarray]
+    valid: np.ndarray
+    test: np.ndarray
+    categories: np.ndarray | None = None
+    brands: np.ndarray | None = None
+
+    @property
+    def n_items(self) -> int:
+        return len(self.item_ids)
+
+    def valid_histories(self) -> list[np.ndarray]:
+        """Per user, what the model reads to predict the validation item: the training items."""
+        return self.train
+
+    def test_histories(self) -> list[np.ndarray]:
+        """Per user, what precedes the test item: the training items and the validation item."""
+        return [np.append(t, v) if v else t for t, v in zip(self.train, self.valid)]
+
+
+def index_sequences(train: dict[str, list[str]], valid: dict[str, str], test: dict[str, str],
+                    item_attributes: dict[str, tuple[str, str]] | None = None) -> SequenceData:
+    """Leave-one-out splits (:func:`shoprec.data.importer.leave_one_out`) -> :class:`SequenceData`.
+
+    Args:
+      train, valid, test: user -> training items, validation item, test item.
+      item_attributes: item id -> (category, brand); missing items get their own "unknown".
+
+    Items are indexed in order of first appearance (training, then validation, then test).
+    """
+    users = list(train)
+    order: dict[str, int] = {}
+    for user in users:
+        for item in train[user]:
+            order.setdefault(item, len(order) + 1)
+    for targets in (valid, test):
+        for user in users:
+            if user in targets:
+                order.setdefault(targets[user], len(order) + 1)
+    data = SequenceData(
+        item_ids=list(order), users=users,
+        train=[np.array([order[i] for i in train[u]], np.int64) for u in users],
+        valid=np.array([order[valid[u]] if u in valid else 0 for u in users], np.int64),
+        test=np.array([order[test[u]] if u in test else 0 for u in users], np.int64))
+    if item_attributes is not None:
+        data.categories, data.brands = (
+            _attribute_indices([item_attributes.get(i, (None, None))[k] for i in order])
+            for k in (0, 1))
+    return data
+
+
+def _attribute_indices(values: list[str | None]) -> np.ndarray:
+    """``[items + 1]``: 0 for padding and for a missing value, 1.. for each distinct value."""
+    vocabulary: dict[str, int] = {}
+    indices = [0] + [0 if v is None else vocabulary.setdefault(v, len(vocabulary) + 1)
+                     for v in values]
+    return np.array(indices, np.int64)
+
+
+def right_pad(sequences: Sequence[np.ndarray], length: int) -> np.ndarray:
+    """``[len(sequences), length]``: each sequence's last ``length`` items, then zeros."""
+    padded = np.zeros((len(sequences), length), np.int64)
+    for row, sequence in enumerate(sequences):
+        tail = sequence[-length:]
+        padded[row, :len(tail)] = tail
+    return padded
+
+
+def training_arrays(data: SequenceData, max_length: int) -> dict[str, np.ndarray]:
+    """Model inputs for training on every position: each user's training sequence.
+
+    The history is ``train[:-1]`` (its last ``max_length`` items) and the item-id feature the
+    next item at each position, ``train[1:]``; users with fewer than two training items give no
+    example.
+    """
+    rows = [u for u, t in enumerate(data.train) if len(t) >= 2]
+    return {
+        features.HISTORY_FEATURE.transformed_name:
+            right_pad([data.train[u][:-1] for u in rows], max_length),
+        features.ITEM_ID_FEATURE.transformed_name:
+            right_pad([data.train[u][1:] for u in rows], max_length),
+        features.USER_ID_FEATURE.transformed_name: np.array(rows, np.int64) + 1,
+    }
+
+
+def build_model(data: SequenceData, config: SequenceConfig) -> two_tower.TwoTowerModel:
+    """The two-tower model in its sequential set-up (see the module docstring)."""
+    attributes = config.item_attributes and data.categories is not None
+    sizes = two_tower.VocabularySizes(
+        users=len(data.users) + 1, age_groups=1, items=data.n_items + 1,
+        categories=int(data.categories.max()) + 1 if attributes else 1,
+        brands=int(data.brands.max()) + 1 if attributes else 1)
+    catalogue = {}
+    if attributes:
+        catalogue = {features.CATEGORY_FEATURE.transformed_name: data.categories,
+                     features.BRAND_FEATURE.transformed_name: data.brands}
+    options = two_tower.TowerOptions(
+        item_embedding_dim=config.embedding_dim, use_user_id=config.use_user_id,
+        use_age_group=False, attention_blocks=config.blocks, attention_heads=config.heads,
+        dropout=config.dropout, norm_first=True,
+        projection="linear" if attributes or config.use_user_id else "none",
+        normalize=config.normalize, candidate_attributes=attributes, candidate_price=False)
+    return two_tower.TwoTowerModel(
+        sizes, None, output_dim=config.embedding_dim, temperature=config.temperature,
+        pooling="attention", history_length=config.max_length, options=options,
+        loss="full_softmax", catalogue=catalogue, all_positions=True)
+
+
+def query_embeddings(model: two_tower.TwoTowerModel, histories: Sequence[np.ndarray],
+                     max_length: int, user_rows: np.ndarray | None = None,
+                     batch_size: int = 1024) -> np.ndarray:
+    """``[len(histories), D]`` query-tower outputs for these item-index histories."""
+    padded = right_pad(histories, max_length)
+    users = (np.arange(len(histories)) if user_rows is None else user_rows) + 1
+    tower = _inference_function(model)
+    return np.concatenate([
+        tower(tf.constant(padded[i:i + batch_size]), tf.constant(users[i:i + batch_size]))
+        .numpy() for i in range(0, len(padded), batch_size)]) if len(padded) else np.zeros(
+            (0, model.query_tower.mlp.output_shape[-1]), np.float32)
+
+
+def _inference_function(model: two_tower.TwoTowerModel) -> Callable:
+    function = getattr(model, "_shoprec_query_fn", None)
+    if function is None:
+        @tf.function(reduce_retracing=True)
+        def function(history: tf.Tensor, users: tf.Tensor) -> tf.Tensor:
+            return model.query_tower({features.HISTORY_FEATURE.transformed_name: history,
+                                      features.USER_ID_FEATURE.transformed_name: users},
+                                     training=False)
+        model._shoprec_query_fn = function
+    return function
+
+
+def model_scorer(model: two_tower.TwoTowerModel, max_length: int
+                 ) -> Callable[[Sequence[np.ndarray], np.ndarray], np.ndarray]:
+    """``score(histories, user_rows) -> [users, items]`` dot products with every catalogue row."""
+    items = model.item_embeddings(training=False).numpy()[1:]
+
+    def score(histories: Sequence[np.ndarray], user_rows: np.ndarray) -> np.ndarray:
+        return query_embeddings(model, histories, max_length, user_rows) @ items.T
+
+    return score
+
+
+def evaluate(score: Callable[[Sequence[np.ndarray], np.ndarray], np.ndarray],
+             histories: Sequence[np.ndarray], targets: np.ndarray, n_items: int,
+             ks: Sequence[int] = KS) -> dict[str, float]:
+    """Full-ranking metrics of one leave-one-out target per user.
+
+    Args:
+      score: ``(histories, user_rows) -> [len(histories), n_items]`` scores of catalogue rows.
+      histories: per user, the item indices before the target (they are excluded from ranking).
+      targets: ``[users]`` the target's item index; users with 0 are skipped.
+      n_items: catalogue size.
+      ks: cut-offs.
+
+    Returns:
+      :func:`shoprec.model.metrics.retrieval_metrics` (hitrate@K, ndcg@K, ... and ``users``).
+    """
+    users = np.flatnonzero(targets)
+    ranked = []
+    for chunk in _chunks(users, _EVAL_USERS_PER_CHUNK):
+        chunk_histories = [histories[u] for u in chunk]
+        scores = score(chunk_histories, chunk)
+        ranked.append(metrics_lib.top_k_unseen(scores, [h - 1 for h in chunk_histories],
+                                               max(ks)))
+    relevant = [np.array([t - 1]) for t in targets[users]]
+    return metrics_lib.retrieval_metrics(np.concatenate(ranked), relevant, ks, n_items)
+
+
+def _chunks(values: np.ndarray, size: int) -> Iterator[np.ndarray]:
+    for start in range(0, len(values), size):
+        yield values[start:start + size]
+
+
+@dataclasses.dataclass
+class TrainResult:
+    """What :func:`train` returns.
+
+    Attributes:
+      model: the model with the best validation weights restored.
+      epochs_run: epochs trained.
+      best_epoch: the epoch whose weights were kept.
+      best_valid: validation metrics of that epoch.
+      history: per validated epoch: ``epoch``, ``loss``, ``hitrate@10``, ``ndcg@10``, seconds.
+      train_seconds: wall time of the gradient steps.
+      valid_seconds: wall time of the validations.
+      total_seconds: wall time of the whole call (model building, data, training, validation).
+      stopped_by: ``"patience"``, ``"epochs"`` or ``"time_budget"``.
+    """
+
+    model: two_tower.TwoTowerModel
+    epochs_run: int
+    best_epoch: int
+    best_valid: dict[str, float]
+    history: list[dict[str, float]]
+    train_seconds: float
+    valid_seconds: float
+    total_seconds: float
+    stopped_by: str
+
+
+def train(data: SequenceData, config: SequenceConfig,
+          log: Callable[[str], None] | None = print) -> TrainResult:
+    """Trains on the training sequences, validating on the validation targets every epoch.
+
+    Keeps the weights of the epoch with the best validation ``SELECTION_METRIC`` and stops after
+    ``config.patience`` validations without improvement, ``config.epochs`` epochs, or past
+    ``config.time_budget_s``. The test targets are not read.
+    """
+    began = time.perf_counter()
+    tf.keras.utils.set_random_seed(config.seed)
+    model = build_model(data, config)
+    model.compile(optimizer=tf.keras.optimizers.Adam(learning_rate=config.learning_rate))
+    arrays = training_arrays(data, config.max_length)
+    examples = len(arrays[features.HISTORY_FEATURE.transformed_name])
+    dataset = (tf.data.Dataset.from_tensor_slices(arrays)
+               .shuffle(examples, seed=config.seed, reshuffle_each_iteration=True)
+               .batch(config.batch_size).prefetch(tf.data.AUTOTUNE))
+    histories, targets = data.valid_histories(), data.valid
+    best, best_weights, best_epoch, best_valid = -np.inf, None, 0, {}
+    history: list[dict[str, float]] = []
+    train_seconds = valid_seconds = 0.0
+    stale, epoch, stopped_by = 0, 0, "epochs"
+    for epoch in range(1, config.epochs + 1):
+        step_began = time.perf_counter()
+        loss = model.fit(dataset, epochs=1, verbose=0).history["loss"][-1]
+        train_seconds += time.perf_counter() - step_began
+        if epoch % config.eval_every == 0 or epoch == config.epochs:
+            valid_began = time.perf_counter()
+            valid = evaluate(model_scorer(model, config.max_length), histories, targets,
+                             data.n_items)
+            valid_seconds += time.perf_counter() - valid_began
+            elapsed = time.perf_counter() - began
+            history.append({"epoch": epoch, "loss": round(float(loss), 4),
+                            "hitrate@10": round(valid["hitrate@10"], 4),
+                            "ndcg@10": round(valid["ndcg@10"], 4),
+                            "elapsed_s": round(elapsed, 1)})
+            improved = valid[SELECTION_METRIC] > best
+            if improved:
+                best, best_epoch, best_valid = valid[SELECTION_METRIC], epoch, valid
+                best_weights, stale = model.get_weights(), 0
+            else:
+                stale += 1
+            if log:
+                log(f"epoch {epoch:3d}  loss {loss:.4f}  valid HR@10 {valid['hitrate@10']:.4f}  "
+                    f"NDCG@10 {valid['ndcg@10']:.4f}{'  *' if improved else ''}  "
+                    f"[{elapsed / 60:.1f} min]")
+            if stale >= config.patience:
+                stopped_by = "patience"
+                break
+        elif log:
+            log(f"epoch {epoch:3d}  loss {loss:.4f}")
+        if config.time_budget_s is not None and time.perf_counter() - began > config.time_budget_s:
+            stopped_by = "time_budget"
+            break
+    if best_weights is not None:
+        model.set_weights(best_weights)
+    return TrainResult(model=model, epochs_run=epoch, best_epoch=best_epoch,
+                       best_valid=best_valid, history=history, train_seconds=train_seconds,
+                       valid_seconds=valid_seconds, total_seconds=time.perf_counter() - began,
+                       stopped_by=stopped_by)

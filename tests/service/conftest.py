@@ -1,0 +1,222 @@
+"""Fixtures for the recommendation service tests: a small trained model, the real model server,
+a real Redis and the service itself, each started once per session on free loopback ports.
+
+* ``trained_run``: ``python -m pipeline.local_runner`` on a 300-user, 200-item shop (about 90 s);
+  set ``SHOPREC_SERVICE_TEST_RUN_DIR`` to an existing ``--output_dir`` to reuse one;
+* ``model_server``: ``python -m serving.model_server`` on the pushed model, with the batching
+  parameters of ``deploy/serving``;
+* ``redis_url``: a throwaway ``redis-server`` (tests that need it are skipped when the binary is
+  missing: ``apt-get install redis-server``);
+* ``service``: ``python -m serving.api`` over gRPC, with Redis as the feature store.
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
+
+import dataclasses  # noqa: E402
+import shutil  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+import time  # noqa: E402
+from collections.abc import Iterator  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import pandas as pd  # noqa: E402
+import portpicker  # noqa: E402
+import pytest  # noqa: E402
+import redis  # noqa: E402
+import requests  # noqa: E402
+
+from shoprec import config, features  # noqa: E402
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+START_TIMEOUT_S = 240
+RUN_DIR_ENV = "SHOPREC_SERVICE_TEST_RUN_DIR"
+SHOP_ARGS = ["--events", "3000", "--users", "300", "--items", "200", "--epochs", "2", "--bless_below_popularity"]
+
+
+@dataclasses.dataclass
+class Process:
+    """A server subprocess, where its log goes and its base URL."""
+
+    process: subprocess.Popen
+    log_path: Path
+    url: str
+
+    def log(self) -> str:
+        """Everything the process wrote so far."""
+        return self.log_path.read_text(encoding="utf-8", errors="replace")
+
+    def stop(self) -> None:
+        """SIGTERM, then SIGKILL after 20 s."""
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainedRun:
+    """A pipeline output folder: the shop's files and the pushed model."""
+
+    root: Path
+
+    @property
+    def data_dir(self) -> Path:
+        return self.root / "data"
+
+    @property
+    def model_base_path(self) -> Path:
+        return self.root / "serving" / config.MODEL_NAME
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelServer:
+    """The model server's endpoints and the version it serves."""
+
+    process: Process
+    grpc_url: str
+    rest_url: str
+    version: int
+
+
+def start(args: list[str], log_path: Path, url: str, ready_path: str, ready_text: str = "") -> Process:
+    """Starts ``python <args>`` from the repository root and waits until ``url + ready_path`` answers."""
+    env = dict(os.environ, TF_USE_LEGACY_KERAS="1", TF_CPP_MIN_LOG_LEVEL="2")
+    with open(log_path, "ab") as log:  # a file, not a pipe: a full pipe would block the server
+        process = Process(subprocess.Popen([sys.executable, *args], cwd=REPO_ROOT, env=env, stdout=log,
+                                           stderr=subprocess.STDOUT), log_path, url)
+    deadline = time.monotonic() + START_TIMEOUT_S
+    while time.monotonic() < deadline:
+        if process.process.poll() is not None:
+            raise RuntimeError(f"{args} exited with {process.process.returncode}:\n{process.log()[-4000:]}")
+        try:
+            reply = requests.get(url + ready_path, timeout=2)
+            if reply.status_code == 200 and ready_text in reply.text:
+                return process
+        except requests.ConnectionError:
+            pass
+        time.sleep(0.2)
+    process.stop()
+    raise RuntimeError(f"{args} did not become ready in {START_TIMEOUT_S} s:\n{process.log()[-4000:]}")
+
+
+@pytest.fixture(scope="session")
+def trained_run(tmp_path_factory: pytest.TempPathFactory) -> TrainedRun:
+    """A small shop and its trained, pushed model (reused from $SHOPREC_SERVICE_TEST_RUN_DIR if set)."""
+    existing = os.environ.get(RUN_DIR_ENV)
+    if existing:
+        return TrainedRun(Path(existing))
+    root = tmp_path_factory.mktemp("service_run")
+    env = dict(os.environ, TF_USE_LEGACY_KERAS="1", TF_CPP_MIN_LOG_LEVEL="2")
+    with open(root / "pipeline.log", "wb") as log:
+        completed = subprocess.run([sys.executable, "-m", "pipeline.local_runner", "--output_dir", str(root),
+                                    *SHOP_ARGS], cwd=REPO_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+    if completed.returncode != 0:
+        raise RuntimeError(f"the pipeline failed:\n{(root / 'pipeline.log').read_text()[-4000:]}")
+    return TrainedRun(root)
+
+
+@pytest.fixture(scope="session")
+def model_server(trained_run: TrainedRun, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ModelServer]:
+    """The real model server on the trained model (gRPC and REST, server-side batching on)."""
+    grpc_port, rest_port = portpicker.pick_unused_port(), portpicker.pick_unused_port()
+    rest_url = f"http://127.0.0.1:{rest_port}"
+    process = start(["-m", "serving.model_server", f"--model_name={config.MODEL_NAME}",
+                     f"--model_base_path={trained_run.model_base_path}", f"--port={grpc_port}",
+                     f"--rest_api_port={rest_port}", "--bind_address=127.0.0.1", "--enable_batching",
+                     f"--batching_parameters_file={REPO_ROOT / 'deploy' / 'serving' / 'batching_parameters.txt'}"],
+                    tmp_path_factory.mktemp("model_server") / "model_server.log", rest_url,
+                    f"/v1/models/{config.MODEL_NAME}", "AVAILABLE")
+    try:
+        status = requests.get(f"{rest_url}/v1/models/{config.MODEL_NAME}", timeout=5).json()
+        version = max(int(entry["version"]) for entry in status["model_version_status"]
+                      if entry["state"] == "AVAILABLE")
+        yield ModelServer(process, f"grpc://127.0.0.1:{grpc_port}", rest_url, version)
+    finally:
+        process.stop()
+
+
+@pytest.fixture(scope="session")
+def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A throwaway Redis server (no persistence) on a free port."""
+    binary = shutil.which("redis-server")
+    if binary is None:
+        pytest.skip("the redis-server binary is not installed (apt-get install redis-server); "
+                    "tests against a real Redis are skipped")
+    port = portpicker.pick_unused_port()
+    log_path = tmp_path_factory.mktemp("redis") / "redis.log"
+    with open(log_path, "wb") as log:
+        process = subprocess.Popen([binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+                                    "--appendonly", "no"], stdout=log, stderr=subprocess.STDOUT)
+    url = f"redis://127.0.0.1:{port}/0"
+    client = redis.Redis.from_url(url)
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                client.ping()
+                break
+            except redis.ConnectionError:
+                if process.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError(f"redis-server did not start:\n{log_path.read_text()}") from None
+                time.sleep(0.1)
+        yield url
+    finally:
+        client.close()
+        process.terminate()
+        process.wait(timeout=10)
+
+
+def start_service(trained_run: TrainedRun, model_url: str, work_dir: Path, *extra: str) -> Process:
+    """Starts ``python -m serving.api`` on a free port; returns once /healthz answers."""
+    port = portpicker.pick_unused_port()
+    return start(["-m", "serving.api", "--data_dir", str(trained_run.data_dir), "--model_url", model_url,
+                  "--port", str(port), *extra], work_dir / "service.log", f"http://127.0.0.1:{port}", "/healthz")
+
+
+@dataclasses.dataclass(frozen=True)
+class Service:
+    """The service under test and what it was configured with."""
+
+    process: Process
+    denylisted: tuple[str, ...]
+    event_log: Path
+
+    @property
+    def url(self) -> str:
+        return self.process.url
+
+
+def wait_healthy(process: Process) -> None:
+    """Waits until /healthz says ok (the model version is loaded)."""
+    deadline = time.monotonic() + START_TIMEOUT_S
+    while requests.get(process.url + "/healthz", timeout=5).json()["status"] != "ok":
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"the service never became healthy:\n{process.log()[-4000:]}")
+        time.sleep(0.3)
+
+
+@pytest.fixture(scope="session")
+def service(trained_run: TrainedRun, model_server: ModelServer, redis_url: str,
+            tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
+    """The service over gRPC with Redis, its own event log and a denylist of the 4 most popular items."""
+    work_dir = tmp_path_factory.mktemp("service")
+    events = pd.read_csv(trained_run.data_dir / features.EVENTS_FILE, dtype=str)
+    denylisted = tuple(events[features.ITEM_ID].value_counts().index[:4])
+    denylist = work_dir / "denylist.txt"
+    denylist.write_text("# out of stock\n" + "\n".join(denylisted) + "\n")
+    event_log = work_dir / "events.sqlite"
+    process = start_service(trained_run, model_server.grpc_url, work_dir, "--redis_url", redis_url,
+                            "--event_log", str(event_log), "--denylist", str(denylist))
+    try:
+        wait_healthy(process)
+        yield Service(process, denylisted, event_log)
+    finally:
+        process.stop()
