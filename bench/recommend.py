@@ -46,7 +46,8 @@ from shoprec import config, features
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RESULTS = os.path.join(REPO, "bench", "results")
 START_TIMEOUT_S = 180
-DEFAULT_LAMBDAS = tuple(round(x, 1) for x in np.linspace(0.0, 1.0, 11))
+# Category-aware MMR changes fastest below 0.5 (at 0.5 and above every pick is a new category).
+DEFAULT_LAMBDAS = (0.0, 0.05, 0.1, 0.15, 0.2, 0.25, 0.3, 0.35, 0.4, 0.45, 0.5, 0.75, 1.0)
 
 
 # ---------------------------------------------------------------------------------------------

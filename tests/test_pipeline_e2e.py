@@ -186,7 +186,7 @@ def test_real_rees46_logs_run_through_the_pipeline(tmp_path):
 
     data_dir = str(tmp_path / "data")
     report = importer.import_logs("rees46", REES46, data_dir)
-    assert report.rows_written == report.rows_read == 17_434
+    assert report.events_written == report.rows_read == 17_434
     output_dir = str(tmp_path / "out")
     assert local_runner.main(["--output_dir", output_dir, "--data_dir", data_dir,
                               "--epochs", "1"]) == 0

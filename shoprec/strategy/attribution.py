@@ -5,7 +5,7 @@ from __future__ import annotations
 import collections
 import dataclasses
 import threading
-from collections.abc import Mapping
+from collections.abc import Sequence
 
 
 @dataclasses.dataclass(frozen=True)
@@ -17,21 +17,22 @@ class Attribution:
 
 
 class RecentResponses:
-    """A bounded map of request id -> {item id: route} of the latest responses.
+    """A bounded map of request id -> (scene, item ids, their routes) of the latest responses.
 
     Args:
-      capacity: responses kept; the oldest are forgotten first.
+      capacity: responses kept; the oldest are forgotten first (a few hundred bytes each).
     """
 
-    def __init__(self, capacity: int = 100_000) -> None:
+    def __init__(self, capacity: int = 50_000) -> None:
         self._capacity = capacity
-        self._responses: collections.OrderedDict[str, tuple[str, Mapping[str, str]]] = collections.OrderedDict()
+        self._responses: collections.OrderedDict[str, tuple[str, tuple[str, ...], tuple[str, ...]]] = (
+            collections.OrderedDict())
         self._lock = threading.Lock()
 
-    def remember(self, request_id: str, scene: str, routes_by_item: Mapping[str, str]) -> None:
-        """Records a response's items and their routes."""
+    def remember(self, request_id: str, scene: str, item_ids: Sequence[str], routes: Sequence[str]) -> None:
+        """Records a response's items and the route of each."""
         with self._lock:
-            self._responses[request_id] = (scene, routes_by_item)
+            self._responses[request_id] = (scene, tuple(item_ids), tuple(routes))
             if len(self._responses) > self._capacity:
                 self._responses.popitem(last=False)
 
@@ -43,6 +44,7 @@ class RecentResponses:
             response = self._responses.get(request_id)
         if response is None:
             return None
-        scene, routes_by_item = response
-        route = routes_by_item.get(item_id)
-        return Attribution(scene, route) if route is not None else None
+        scene, item_ids, routes = response
+        if item_id not in item_ids:
+            return None
+        return Attribution(scene, routes[item_ids.index(item_id)])

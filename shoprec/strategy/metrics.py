@@ -24,7 +24,7 @@ class ServiceMetrics:
                                          "Items returned, by scene and the route that produced them.",
                                          ("scene", "route"))
         self.fallbacks = Counter("shoprec_fallbacks_total",
-                                 "Responses the fallback route had to fill, by scene.", ("scene",))
+                                 "Responses showing items of the fallback route, by scene.", ("scene",))
         self.degraded = Counter("shoprec_degraded_total",
                                 "Requests served without a component, by component (model, feature_store).",
                                 ("component",))

@@ -9,7 +9,7 @@ The table is data (JSON), so a shop can add scenes or re-weight routes without c
       "scenes": {
         "home":   {"routes": [{"route": "two_tower", "weight": 1.0},
                               {"route": "session", "weight": 0.6}],
-                   "fallback": "popularity", "diversity": 0.0},
+                   "fallback": "popularity", "diversity": 0.2},
         "cart":   {"routes": [{"route": "complementary", "weight": 1.0}], "fallback": "popularity"},
         "detail": {"routes": [{"route": "similar", "weight": 1.0},
                               {"route": "complementary", "weight": 0.5}], "fallback": "popularity"}
@@ -17,7 +17,8 @@ The table is data (JSON), so a shop can add scenes or re-weight routes without c
     }
 
 ``fusion_k`` is the constant of reciprocal-rank fusion (smaller: the top of each route counts
-more); ``pool_size`` is how many candidates each route may contribute.
+more); ``pool_size`` is how many candidates each route may contribute, and the size the fallback
+route tops the pool up to.
 """
 
 from __future__ import annotations
@@ -39,7 +40,7 @@ DEFAULT_ROUTING: dict[str, Any] = {
     "scenes": {
         HOME: {"routes": [{"route": retrievers.TWO_TOWER, "weight": 1.0},
                           {"route": retrievers.SESSION, "weight": 0.6}],
-               "fallback": retrievers.POPULARITY, "diversity": 0.0},
+               "fallback": retrievers.POPULARITY, "diversity": 0.2},  # bench/results/diversity.json
         CART: {"routes": [{"route": retrievers.COMPLEMENTARY, "weight": 1.0}],
                "fallback": retrievers.POPULARITY, "diversity": 0.0},
         DETAIL: {"routes": [{"route": retrievers.SIMILAR, "weight": 1.0},
@@ -77,8 +78,8 @@ class SceneSpec:
     Attributes:
       name: the scene.
       routes: the primary routes, fused by weighted reciprocal rank.
-      fallback: the route that fills the list when the primary routes give fewer than ``k``
-        candidates (None: no fallback).
+      fallback: the route that tops the candidate pool up to ``pool_size``, ranked below every
+        primary candidate: it fills lists the primary routes cannot (None: no fallback).
       diversity: the default diversity lambda of the scene, in [0, 1].
     """
 

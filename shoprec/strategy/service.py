@@ -4,7 +4,8 @@ One request goes through these stages::
 
     context + user state  ->  allowed mask (business filters)
       -> the scene's routes (RetrievalQuery -> Candidates), fused by weighted reciprocal rank
-      -> fallback route when fewer than k candidates remain (cold start, thin context)
+      -> the fallback route tops the pool up, below every primary candidate (fills short lists
+         for cold users and thin contexts, and gives diversity other categories to pick)
       -> ranking stage (Ranker)  -> diversity (MMR, lambda)  -> top k, each with its reason
 
 A route whose backend fails (model server, feature store) is skipped with a warning in the
@@ -13,8 +14,8 @@ response: the service answers from what is left, down to popularity, instead of 
 
 from __future__ import annotations
 
+import collections
 import dataclasses
-import logging
 import uuid
 from collections.abc import Mapping, Sequence
 
@@ -35,7 +36,6 @@ from shoprec.strategy.model_gateway import ModelGateway, ModelUnavailableError
 from shoprec.strategy.ranking import CandidatePool, Ranker, append_fallback, fuse, rank
 from shoprec.strategy.routing import RoutingTable, SceneSpec
 
-_log = logging.getLogger(__name__)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -250,14 +250,10 @@ class RecommendationService:
         lists = [(self._run_route(route.route, query, warnings), route.weight) for route in scene.routes]
         versions = [candidates.model_version for candidates, _ in lists if candidates.model_version is not None]
         pool = fuse(lists, self.routing.fusion_k)
-        if len(pool) < request.k and scene.fallback is not None:
-            fallback = self._run_route(scene.fallback, query, warnings)
-            pooled = len(pool)
-            pool = append_fallback(pool, fallback, max(self.routing.pool_size, request.k))
-            if len(pool) > pooled:
-                warnings.append(f"{len(pool) - pooled} candidate(s) from fallback route {scene.fallback}")
-                if self._metrics is not None:
-                    self._metrics.fallbacks.inc(scene.name)
+        if scene.fallback is not None and len(pool) < self.routing.pool_size:
+            # Below every primary candidate: it fills short lists (cold start, thin context) and
+            # gives the diversity stage other categories to choose from.
+            pool = append_fallback(pool, self._run_route(scene.fallback, query, warnings), self.routing.pool_size)
         pool = rank(pool, self._ranker.score(query, pool))
         return Retrieval(scene, query, pool, versions[0] if versions else None, tuple(ignored), tuple(warnings),
                          bool(session))
@@ -277,6 +273,12 @@ class RecommendationService:
                 reason=self._reason(str(route), int(anchor), retrieval),
             )
             for row, score, route, anchor in zip(chosen.rows, chosen.scores, chosen.routes, chosen.anchors))
+        fallback_shown = sum(item.route == retrieval.scene.fallback for item in items)
+        warnings = retrieval.warnings
+        if fallback_shown:
+            warnings += (f"{fallback_shown} item(s) from the fallback route {retrieval.scene.fallback}",)
+            if self._metrics is not None:
+                self._metrics.fallbacks.inc(retrieval.scene.name)
         model_version = retrieval.model_version
         if model_version is None and self._gateway is not None and self._gateway.served is not None:
             model_version = self._gateway.served.version
@@ -289,14 +291,14 @@ class RecommendationService:
             diversity=diversity,
             items=items,
             ignored_context_items=retrieval.ignored_context_items,
-            warnings=retrieval.warnings,
+            warnings=warnings,
         )
         if self.responses is not None:
             self.responses.remember(recommendation.request_id, recommendation.scene,
-                                    {item.item_id: item.route for item in items})
+                                    [item.item_id for item in items], [item.route for item in items])
         if self._metrics is not None:
-            for item in items:
-                self._metrics.recommended_items.inc(recommendation.scene, item.route)
+            for route, count in collections.Counter(item.route for item in items).items():
+                self._metrics.recommended_items.inc(recommendation.scene, route, amount=count)
         return recommendation
 
     def _reason(self, route: str, anchor: int, retrieval: Retrieval) -> str:

@@ -256,16 +256,19 @@ def test_service_feeds_the_session_to_the_model_and_explains_items(catalogue: Ca
                                     store, None, BusinessFilters(catalogue, Denylist(catalogue, None)),
                                     RetrievalScoreRanker(), history_length=4)
 
-    result = service.recommend(RecommendRequest(user_id="u2", scene="home", k=3))
+    result = service.recommend(RecommendRequest(user_id="u2", scene="home", k=3, diversity=0.0))
     assert gateway.histories[-1] == ("i0", "i1", "i0", "i5")
     assert [item.item_id for item in result.items] == ["i6", "i2", "i7"]  # i5, i0 bought; ghost unknown
+    # The scene's default lambda (0.2) prefers i3 (category b) to a second item of category c.
+    diverse = service.recommend(RecommendRequest(user_id="u2", scene="home", k=3))
+    assert [item.item_id for item in diverse.items] == ["i6", "i2", "i3"] and diverse.diversity == 0.2
     assert result.model_version == 7 and result.known_user
     assert result.items[0].reason == "two_tower: personalised from your history"
 
     store.record([UserEvent("u2", SessionEvent("i5", features.CLICK, 350)),  # before the last offline event
                   UserEvent("u2", SessionEvent("i3", features.CLICK, 500)),
                   UserEvent("u2", SessionEvent("i4", features.PURCHASE, 501))])
-    result = service.recommend(RecommendRequest(user_id="u2", scene="home", k=8))
+    result = service.recommend(RecommendRequest(user_id="u2", scene="home", k=8, diversity=0.0))
     assert gateway.histories[-1] == ("i0", "i5", "i3", "i4")  # offline, then the fresh session, last 4
     ids = [item.item_id for item in result.items]
     assert "i4" not in ids and "i0" not in ids  # bought (live and offline)
@@ -277,6 +280,6 @@ def test_service_feeds_the_session_to_the_model_and_explains_items(catalogue: Ca
     cold = service.recommend(RecommendRequest(user_id="new", scene="home", k=2, cart_items=("nope",)))
     assert [item.route for item in cold.items] == ["popularity", "popularity"]
     assert cold.ignored_context_items == ("nope",) and not cold.known_user
-    assert len(gateway.histories) == 2  # no profile, no history: the model is not asked
+    assert len(gateway.histories) == 3  # no profile, no history: the model is not asked
     with pytest.raises(UnknownSceneError):
         service.recommend(RecommendRequest(user_id="u1", scene="checkout"))
