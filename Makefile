@@ -2,17 +2,20 @@
 PY := .venv/bin/python
 export TF_USE_LEGACY_KERAS := 1
 
-.PHONY: install run test test-fast bench generate
+.PHONY: install services run test test-fast bench generate
 install:
 	bash scripts/bootstrap.sh
+
+services:  ## system packages the tests need (redis-server)
+	bash scripts/install_services.sh
 
 run: install  ## generate the default shop and run the whole TFX pipeline
 	$(PY) -m pipeline.local_runner $(ARGS)
 
-test: install  ## the whole test suite, end-to-end pipeline runs included
+test: install services  ## the whole test suite, end-to-end pipeline runs included
 	$(PY) -m pytest -q $(ARGS)
 
-test-fast: install  ## everything but the end-to-end pipeline runs
+test-fast: install services  ## everything but the end-to-end pipeline runs
 	$(PY) -m pytest -q -m "not e2e" $(ARGS)
 
 generate: install

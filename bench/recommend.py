@@ -5,7 +5,9 @@ and its shop, then drives ``POST /recommend`` over keep-alive connections at eac
 reports p50/p90/p99 latency and QPS::
 
     python -m bench.recommend latency --run_dir runs/local [--concurrency 1 8 50] [--seconds 20] \\
-        [--scene home] [--redis_url redis://...] [--out bench/results/recommend.json]
+        [--scene home] [--redis_url redis://...] [--no_batching] [--out bench/results/recommend.json]
+
+The model server runs with the deployed batching parameters unless ``--no_batching``.
 
 ``diversity``: relevance against intra-list diversity across the MMR lambda. The service's
 strategy runs in-process on the *training* part of the shop's events (the pipeline's time split);
@@ -47,6 +49,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RESULTS = os.path.join(REPO, "bench", "results")
 START_TIMEOUT_S = 180
 # Category-aware MMR changes fastest below 0.5 (at 0.5 and above every pick is a new category).
+BATCHING_PARAMETERS = os.path.join(REPO, "deploy", "serving", "batching_parameters.txt")
 DEFAULT_LAMBDAS = (0.0, 0.05, 0.1, 0.15, 0.2, 0.25, 0.3, 0.35, 0.4, 0.45, 0.5, 0.75, 1.0)
 
 
@@ -87,9 +90,19 @@ def running(command: list[str], log_path: str, ready_url: str, ready_text: str |
             process.wait()
 
 
-def model_base_path(run_dir: str, model_name: str = config.MODEL_NAME) -> str:
-    """The folder the Pusher wrote versions into."""
-    return os.path.join(run_dir, "serving", model_name)
+def model_server_command(run_dir: str, grpc_port: int, rest_port: int, batching: bool) -> list[str]:
+    """``python -m serving.model_server`` on the model a pipeline run pushed (quiet logs)."""
+    command = [sys.executable, "-m", "serving.model_server", f"--model_name={config.MODEL_NAME}",
+               f"--model_base_path={os.path.join(run_dir, 'serving', config.MODEL_NAME)}", f"--port={grpc_port}",
+               f"--rest_api_port={rest_port}", "--bind_address=127.0.0.1", "--log_level=WARNING"]
+    if batching:  # as deployed (deploy/serving/batching_parameters.txt)
+        command += ["--enable_batching", f"--batching_parameters_file={BATCHING_PARAMETERS}"]
+    return command
+
+
+def model_ready_url(rest_port: int) -> str:
+    """The model status URL (ready once it lists an AVAILABLE version)."""
+    return f"http://127.0.0.1:{rest_port}/v1/models/{config.MODEL_NAME}"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -182,9 +195,7 @@ def latency(args: argparse.Namespace) -> dict[str, object]:
     data_dir = os.path.join(args.run_dir, "data")
     work = tempfile.mkdtemp(prefix="bench_recommend_")
     grpc_port, rest_port, api_port = (portpicker.pick_unused_port() for _ in range(3))
-    model_server = [sys.executable, "-m", "serving.model_server", f"--model_name={config.MODEL_NAME}",
-                    f"--model_base_path={model_base_path(args.run_dir)}", f"--port={grpc_port}",
-                    f"--rest_api_port={rest_port}", "--bind_address=127.0.0.1", "--log_level=WARNING"]
+    model_server = model_server_command(args.run_dir, grpc_port, rest_port, batching=not args.no_batching)
     service = [sys.executable, "-m", "serving.api", "--data_dir", data_dir,
                "--model_url", f"grpc://127.0.0.1:{grpc_port}", "--event_log", os.path.join(work, "events.sqlite"),
                "--port", str(api_port), "--log_level", "WARNING"]
@@ -195,8 +206,8 @@ def latency(args: argparse.Namespace) -> dict[str, object]:
     users = len(pd.read_csv(os.path.join(data_dir, features.USERS_FILE), usecols=[features.USER_ID]))
     events = len(pd.read_csv(os.path.join(data_dir, features.EVENTS_FILE), usecols=[features.EVENT_ID]))
     results = []
-    with running(model_server, os.path.join(work, "model_server.log"),
-                 f"http://127.0.0.1:{rest_port}/v1/models/{config.MODEL_NAME}", "AVAILABLE"):
+    load_before = round(os.getloadavg()[0], 2)  # other work on the machine skews the figures
+    with running(model_server, os.path.join(work, "model_server.log"), model_ready_url(rest_port), "AVAILABLE"):
         with running(service, os.path.join(work, "service.log"), f"http://127.0.0.1:{api_port}/healthz", '"ok"'):
             drive(api_port, bodies, 4, args.warmup_seconds)
             for concurrency in args.concurrency:
@@ -205,11 +216,13 @@ def latency(args: argparse.Namespace) -> dict[str, object]:
                 print(json.dumps(summary), flush=True)
             health = requests.get(f"http://127.0.0.1:{api_port}/healthz", timeout=5).json()
     return {
+        "load_average_1m": {"before": load_before, "after": round(os.getloadavg()[0], 2)},
         "benchmark": "recommend_latency",
         "machine": machine_info(),
         "scale": {"items": items, "users": users, "events": events, "model_version": health["model_version"]},
         "setup": {"scene": args.scene, "k": args.k, "seconds_per_level": args.seconds,
                   "model_protocol": "grpc", "feature_store": "redis" if args.redis_url else "memory",
+                  "model_server_batching": None if args.no_batching else "deploy/serving/batching_parameters.txt",
                   "users": "uniform over users.csv (known and cold)",
                   "note": "model server, service and load generator share the machine's cores"},
         "command": "python -m bench.recommend " + " ".join(sys.argv[1:]),
@@ -247,22 +260,13 @@ def diversity(args: argparse.Namespace) -> dict[str, object]:
 
     work = tempfile.mkdtemp(prefix="bench_diversity_")
     grpc_port, rest_port = portpicker.pick_unused_port(), portpicker.pick_unused_port()
-    model_server = [sys.executable, "-m", "serving.model_server", f"--model_name={config.MODEL_NAME}",
-                    f"--model_base_path={model_base_path(args.run_dir)}", f"--port={grpc_port}",
-                    f"--rest_api_port={rest_port}", "--bind_address=127.0.0.1", "--log_level=WARNING"]
+    model_server = model_server_command(args.run_dir, grpc_port, rest_port, batching=True)
     k = 10
     lists: dict[float, list[np.ndarray]] = {value: [] for value in args.lambdas}
-    with running(model_server, os.path.join(work, "model_server.log"),
-                 f"http://127.0.0.1:{rest_port}/v1/models/{config.MODEL_NAME}", "AVAILABLE"):
+    with running(model_server, os.path.join(work, "model_server.log"), model_ready_url(rest_port), "AVAILABLE"):
         gateway = ModelGateway(ModelClient(f"grpc://127.0.0.1:{grpc_port}"), catalogue.item_ids)
         version = gateway.refresh().version
-        routes = {
-            retrievers.TWO_TOWER: retrievers.TwoTowerRetriever(gateway, catalogue),
-            retrievers.SESSION: retrievers.SessionInterestRetriever(catalogue, interactions),
-            retrievers.COMPLEMENTARY: retrievers.ComplementaryRetriever(interactions),
-            retrievers.SIMILAR: retrievers.SimilarItemsRetriever(gateway),
-            retrievers.POPULARITY: retrievers.PopularityRetriever(interactions),
-        }
+        routes = retrievers.default_routes(catalogue, interactions, gateway)
         service = RecommendationService(
             catalogue, interactions, RoutingTable.from_dict(DEFAULT_ROUTING, routes), routes,
             InMemoryFeatureStore(StoreSettings()), gateway, BusinessFilters(catalogue, Denylist(catalogue, None)),
@@ -342,6 +346,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     latency_parser.add_argument("--scene", default="home")
     latency_parser.add_argument("--k", type=int, default=10)
     latency_parser.add_argument("--redis_url", default=None, help="use this Redis as the feature store")
+    latency_parser.add_argument("--no_batching", action="store_true",
+                                help="run the model server without server-side batching")
     latency_parser.add_argument("--out", default=os.path.join(RESULTS, "recommend.json"))
     diversity_parser = commands.add_parser("diversity", help="NDCG@10 against intra-list diversity per lambda")
     diversity_parser.add_argument("--run_dir", required=True, help="a pipeline.local_runner --output_dir")

@@ -252,7 +252,8 @@ def run_load(server: Server, senders: Iterator[Sender], concurrency: int, total:
     """Sends up to ``total`` requests from ``concurrency`` threads (stops at ``max_seconds``).
 
     Returns:
-      Requests completed, seconds, QPS, latency mean/p50/p95/p99/max in ms, peak server RSS.
+      Requests completed, seconds, QPS, latency mean/p50/p95/p99/max in ms, peak server RSS
+      (MiB) and the machine's 1-minute load average before the run (other processes included).
     """
     counter = itertools.count()
     deadline = time.perf_counter() + max_seconds
@@ -269,6 +270,7 @@ def run_load(server: Server, senders: Iterator[Sender], concurrency: int, total:
         return latencies
 
     workers = [next(senders) for _ in range(concurrency)]
+    load_before = os.getloadavg()[0]
     began = time.perf_counter()
     with _RssSampler(server) as rss, concurrent.futures.ThreadPoolExecutor(concurrency) as pool:
         futures = [pool.submit(worker, send) for send in workers]
@@ -278,7 +280,8 @@ def run_load(server: Server, senders: Iterator[Sender], concurrency: int, total:
             "qps": round(latencies_ms.size / seconds, 1),
             "mean_ms": round(float(latencies_ms.mean()), 2),
             **{f"p{q}_ms": round(float(np.percentile(latencies_ms, q)), 2) for q in (50, 95, 99)},
-            "max_ms": round(float(latencies_ms.max()), 2), "peak_rss_mib": round(rss.peak_mib)}
+            "max_ms": round(float(latencies_ms.max()), 2), "peak_rss_mib": round(rss.peak_mib),
+            "load_avg_1m_before": round(load_before, 2)}
 
 
 def served_top_items(server: Server, users: Sequence[str],

@@ -254,13 +254,7 @@ def build_components(settings: ServiceSettings) -> Components:
         (event.user_id, event.item_id) for event in event_log.events(event_type=features.PURCHASE)))
     gateway = ModelGateway(ModelClient(settings.model_url, settings.model_name, settings.model_timeout_seconds),
                            catalogue.item_ids, settings.history_length)
-    routes: dict[str, retrievers.Retriever] = {
-        retrievers.TWO_TOWER: retrievers.TwoTowerRetriever(gateway, catalogue),
-        retrievers.SESSION: retrievers.SessionInterestRetriever(catalogue, interactions),
-        retrievers.COMPLEMENTARY: retrievers.ComplementaryRetriever(interactions),
-        retrievers.SIMILAR: retrievers.SimilarItemsRetriever(gateway),
-        retrievers.POPULARITY: retrievers.PopularityRetriever(interactions),
-    }
+    routes = retrievers.default_routes(catalogue, interactions, gateway)
     if settings.routing_file:
         routing = RoutingTable.load(settings.routing_file, routes)
     else:

@@ -177,6 +177,27 @@ def training_arrays(data: SequenceData, max_length: int) -> dict[str, np.ndarray
     }
 
 
+def length_batches(arrays: dict[str, np.ndarray], batch_size: int, rng: np.random.Generator,
+                   pool_batches: int = 50) -> Iterator[dict[str, np.ndarray]]:
+    """One shuffled epoch of :func:`training_arrays` batches, each cut to its longest history.
+
+    Examples are shuffled, then sorted by length within pools of ``pool_batches`` batches, so a
+    batch holds sequences of similar length and little padding; the batch order is shuffled.
+    Cutting trailing padding changes nothing (right padding, positions from the oldest item).
+    """
+    history = arrays[features.HISTORY_FEATURE.transformed_name]
+    lengths = (history > 0).sum(axis=1)
+    order = rng.permutation(len(history))
+    batches = []
+    for pool in _chunks(order, batch_size * pool_batches):
+        batches += list(_chunks(pool[np.argsort(lengths[pool], kind="stable")], batch_size))
+    for index in rng.permutation(len(batches)):
+        rows = np.sort(batches[index])
+        width = max(int(lengths[rows].max()), 1)
+        yield {name: values[rows, :width] if values.ndim == 2 else values[rows]
+               for name, values in arrays.items()}
+
+
 def build_model(data: SequenceData, config: SequenceConfig) -> two_tower.TwoTowerModel:
     """The two-tower model in its sequential set-up (see the module docstring)."""
     attributes = config.item_attributes and data.categories is not None
@@ -203,14 +224,22 @@ def build_model(data: SequenceData, config: SequenceConfig) -> two_tower.TwoTowe
 def query_embeddings(model: two_tower.TwoTowerModel, histories: Sequence[np.ndarray],
                      max_length: int, user_rows: np.ndarray | None = None,
                      batch_size: int = 1024) -> np.ndarray:
-    """``[len(histories), D]`` query-tower outputs for these item-index histories."""
+    """``[len(histories), D]`` query-tower outputs for these item-index histories.
+
+    Histories are batched by length and each batch is cut to its longest history: with
+    right padding and positions counted from the oldest item, that changes no output.
+    """
     padded = right_pad(histories, max_length)
-    users = (np.arange(len(histories)) if user_rows is None else user_rows) + 1
+    users = (np.arange(len(histories)) if user_rows is None else np.asarray(user_rows)) + 1
+    lengths = (padded > 0).sum(axis=1)
+    order = np.argsort(lengths, kind="stable")
     tower = _inference_function(model)
-    return np.concatenate([
-        tower(tf.constant(padded[i:i + batch_size]), tf.constant(users[i:i + batch_size]))
-        .numpy() for i in range(0, len(padded), batch_size)]) if len(padded) else np.zeros(
-            (0, model.query_tower.mlp.output_shape[-1]), np.float32)
+    parts = []
+    for rows in _chunks(order, batch_size):
+        width = max(int(lengths[rows].max()), 1)
+        parts.append(tower(tf.constant(padded[rows, :width]), tf.constant(users[rows])).numpy())
+    outputs = np.concatenate(parts) if parts else np.zeros((0, 0), np.float32)
+    return outputs[np.argsort(order)]
 
 
 def _inference_function(model: two_tower.TwoTowerModel) -> Callable:
@@ -307,10 +336,12 @@ def train(data: SequenceData, config: SequenceConfig,
     model = build_model(data, config)
     model.compile(optimizer=tf.keras.optimizers.Adam(learning_rate=config.learning_rate))
     arrays = training_arrays(data, config.max_length)
-    examples = len(arrays[features.HISTORY_FEATURE.transformed_name])
-    dataset = (tf.data.Dataset.from_tensor_slices(arrays)
-               .shuffle(examples, seed=config.seed, reshuffle_each_iteration=True)
-               .batch(config.batch_size).prefetch(tf.data.AUTOTUNE))
+    rng = np.random.default_rng(config.seed)
+    signature = {name: tf.TensorSpec([None] * values.ndim, tf.int64)
+                 for name, values in arrays.items()}
+    dataset = tf.data.Dataset.from_generator(
+        lambda: length_batches(arrays, config.batch_size, rng), output_signature=signature
+    ).prefetch(2)
     histories, targets = data.valid_histories(), data.valid
     best, best_weights, best_epoch, best_valid = -np.inf, None, 0, {}
     history: list[dict[str, float]] = []

@@ -67,6 +67,11 @@ def fuse(weighted: Sequence[tuple[Candidates, float]], fusion_k: float) -> Candi
     weighted = [(candidates, weight) for candidates, weight in weighted if len(candidates)]
     if not weighted:
         return CandidatePool.empty()
+    if len(weighted) == 1:  # one route: its order stands (the common case, kept cheap)
+        candidates, weight = weighted[0]
+        return CandidatePool(candidates.rows, weight / (fusion_k + 1.0 + np.arange(len(candidates))),
+                             np.full(len(candidates), candidates.route, object),
+                             np.asarray(candidates.scores, np.float64), _anchors(candidates))
     rows = np.concatenate([candidates.rows for candidates, _ in weighted])
     contributions = np.concatenate([weight / (fusion_k + 1.0 + np.arange(len(candidates)))
                                     for candidates, weight in weighted])
@@ -89,10 +94,14 @@ def append_fallback(pool: CandidatePool, fallback: Candidates, limit: int) -> Ca
 
     Fallback items score below the pool's lowest score, in the fallback's own order.
     """
-    fresh = fallback.rows[~np.isin(fallback.rows, pool.rows)][:max(0, limit - len(pool))]
+    if not len(fallback) or len(pool) >= limit:
+        return pool
+    pooled = np.zeros(int(max(fallback.rows.max(), pool.rows.max(initial=0))) + 1, bool)
+    pooled[pool.rows] = True
+    keep = np.flatnonzero(~pooled[fallback.rows])[:limit - len(pool)]
+    fresh = fallback.rows[keep]
     if not len(fresh):
         return pool
-    keep = np.isin(fallback.rows, fresh)
     floor = float(pool.scores.min()) if len(pool) else 1.0
     scores = floor * (len(fresh) - np.arange(len(fresh))) / (len(fresh) + 1.0)
     return CandidatePool(

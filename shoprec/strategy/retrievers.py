@@ -150,13 +150,23 @@ class ComplementaryRetriever:
     name = COMPLEMENTARY
 
     def __init__(self, interactions: Interactions) -> None:
-        self._co_occurrence = interactions.co_occurrence
+        matrix = interactions.co_occurrence
+        self._indptr, self._indices, self._data = matrix.indptr, matrix.indices, matrix.data
+        self._num_items = matrix.shape[1]
+
+    def _rows(self, anchors: np.ndarray) -> np.ndarray:
+        """Dense ``[len(anchors), I]`` co-occurrence rows (cheaper than CSR fancy indexing)."""
+        dense = np.zeros((len(anchors), self._num_items))
+        for position, anchor in enumerate(anchors):
+            start, end = self._indptr[anchor], self._indptr[anchor + 1]
+            dense[position, self._indices[start:end]] = self._data[start:end]
+        return dense
 
     def retrieve(self, query: RetrievalQuery) -> Candidates:
         anchors = query.context_rows
         if not len(anchors):
             return Candidates.empty(self.name)
-        per_anchor = self._co_occurrence[anchors].toarray()
+        per_anchor = self._rows(anchors)
         scores = per_anchor.sum(axis=0)
         rows = top_allowed(scores, query.allowed, query.limit, keep=scores > 0)
         return Candidates(self.name, rows, scores[rows].astype(np.float64),
@@ -185,3 +195,14 @@ class SimilarItemsRetriever:
         rows = top_allowed(scores, query.allowed, query.limit, keep=served.found)
         return Candidates(self.name, rows, scores[rows].astype(np.float64),
                           anchors[per_anchor[:, rows].argmax(axis=0)], model_version=served.version)
+
+
+def default_routes(catalogue: Catalogue, interactions: Interactions, gateway: ModelGateway) -> dict[str, Retriever]:
+    """Every built-in route by name, as the routing table refers to them."""
+    return {
+        TWO_TOWER: TwoTowerRetriever(gateway, catalogue),
+        SESSION: SessionInterestRetriever(catalogue, interactions),
+        COMPLEMENTARY: ComplementaryRetriever(interactions),
+        SIMILAR: SimilarItemsRetriever(gateway),
+        POPULARITY: PopularityRetriever(interactions),
+    }

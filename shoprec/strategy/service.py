@@ -14,7 +14,6 @@ response: the service answers from what is left, down to popularity, instead of 
 
 from __future__ import annotations
 
-import collections
 import dataclasses
 import uuid
 from collections.abc import Mapping, Sequence
@@ -297,7 +296,10 @@ class RecommendationService:
             self.responses.remember(recommendation.request_id, recommendation.scene,
                                     [item.item_id for item in items], [item.route for item in items])
         if self._metrics is not None:
-            for route, count in collections.Counter(item.route for item in items).items():
+            per_route: dict[str, int] = {}
+            for item in items:
+                per_route[item.route] = per_route.get(item.route, 0) + 1
+            for route, count in per_route.items():
                 self._metrics.recommended_items.inc(recommendation.scene, route, amount=count)
         return recommendation
 

@@ -334,3 +334,12 @@ def test_sigkill_after_200_loses_no_event(trained_run: TrainedRun, model_server:
     assert list(exported.columns) == [column.name for column in features.EVENT_COLUMNS]
     assert (exported[features.USER_ID] == user).sum() == acknowledged
     assert user in set(pd.read_csv(out / features.USERS_FILE, dtype=str)[features.USER_ID])
+    # What the pipeline's EventsExampleGen checks first: the three files, their headers, typed rows.
+    from shoprec.data import canonical
+
+    canonical.check_data_dir(str(out))
+    for file_name in features.CANONICAL_FILES:
+        lines = (out / file_name).read_text().splitlines()
+        positions = canonical.read_header(str(out / file_name))
+        for line in lines[1:]:
+            canonical.parse_row(line, positions, file_name)

@@ -21,7 +21,9 @@ import tempfile
 from collections.abc import Callable
 
 import tensorflow as tf
-from tensorflow_serving.apis import model_pb2, predict_pb2, prediction_log_pb2
+from tensorflow_serving.apis import predict_pb2
+
+from serving import warmup
 
 USERS = ("u1", "u2", "u3", "u4")
 NUM_ITEMS = 8
@@ -93,22 +95,12 @@ class ToyRecommender(tf.Module):
 
 def predict_request(signature_name: str, inputs: dict[str, object]) -> predict_pb2.PredictRequest:
     """Returns a PredictRequest (model name left empty, as in warmup records)."""
-    request = predict_pb2.PredictRequest(model_spec=model_pb2.ModelSpec(signature_name=signature_name))
-    for name, value in inputs.items():
-        request.inputs[name].CopyFrom(tf.make_tensor_proto(value))
-    return request
+    return warmup.predict_request(signature_name, inputs, model_name="")
 
 
 def write_warmup(export_dir: str, requests: list[predict_pb2.PredictRequest]) -> None:
     """Writes ``assets.extra/tf_serving_warmup_requests`` with one PredictionLog per request."""
-    extra = os.path.join(export_dir, "assets.extra")
-    os.makedirs(extra, exist_ok=True)
-    with tf.io.TFRecordWriter(os.path.join(extra, "tf_serving_warmup_requests")) as writer:
-        for request in requests:
-            log = prediction_log_pb2.PredictionLog(
-                predict_log=prediction_log_pb2.PredictLog(request=request)
-            )
-            writer.write(log.SerializeToString())
+    warmup.write_warmup_file(export_dir, requests)
 
 
 def publish_version(base_path: str, version: int, write: Callable[[str], None]) -> str:
