@@ -1,7 +1,8 @@
-"""TFX Trainer module: trains the TFRS two-tower model and exports the serving SavedModel.
+"""TFX Trainer and Tuner module: trains the TFRS two-tower model, exports the serving model.
 
-``run_fn`` reads its settings from ``fn_args.custom_config`` (keys: the fields of
-:class:`shoprec.config.TrainConfig` plus ``items_path``, the catalogue's ``items.csv``).
+``run_fn`` and ``tuner_fn`` read their settings from ``fn_args.custom_config`` (keys: the fields
+of :class:`shoprec.config.TrainConfig`, ``history_length``, ``items_path`` (the catalogue's
+``items.csv``) and, for the tuner, ``tuner_trials``).
 """
 
 import os
@@ -11,6 +12,7 @@ os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 import dataclasses  # noqa: E402
 from typing import Any  # noqa: E402
 
+import keras_tuner  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import tensorflow as tf  # noqa: E402
@@ -93,34 +95,80 @@ def train_config(custom_config: dict[str, Any]) -> TrainConfig:
     return TrainConfig(**{k: v for k, v in custom_config.items() if k in names})
 
 
+# Hyper-parameters the Tuner searches; their values replace TrainConfig's in run_fn.
+# (The temperature is not searched: it rescales the loss the tuner compares.)
+TUNED = {"learning_rate": (0.02, 0.05, 0.1), "embedding_dim": (32, 64),
+         "pooling": two_tower.POOLINGS}
+
+
+class _Inputs:
+    """What both tuner_fn and run_fn read: config, Transform output, datasets, item counts."""
+
+    def __init__(self, fn_args: tfx.components.FnArgs):
+        self.config = train_config(fn_args.custom_config)
+        if fn_args.hyperparameters:  # the Tuner's best values
+            values = keras_tuner.HyperParameters.from_config(fn_args.hyperparameters).values
+            self.config = dataclasses.replace(
+                self.config, **{k: v for k, v in values.items() if k in TUNED})
+            logging.info("using tuned hyper-parameters %s", values)
+        self.history_length = int(fn_args.custom_config["history_length"])
+        # The Tuner fills transform_graph_path only; the Trainer fills both.
+        self.tft_output = tft.TFTransformOutput(fn_args.transform_output
+                                                or fn_args.transform_graph_path)
+        self._fn_args = fn_args
+        self.columns = read_columns(self.dataset(fn_args.train_files, shuffle=False),
+                                    _SNAPSHOT_COLUMNS)
+        self.sizes = vocabulary_sizes(self.tft_output)
+        logging.info("vocabulary sizes %s; %d training examples", self.sizes,
+                     len(self.columns[features.TIMESTAMP]))
+        self.probability = None
+        if self.config.logq_correction:
+            self.probability = two_tower.sampling_probability(
+                self.columns[features.ITEM_ID_FEATURE.transformed_name], self.sizes.items)
+
+    def dataset(self, files: list[str], shuffle: bool) -> tf.data.Dataset:
+        return self._fn_args.data_accessor.tf_dataset_factory(
+            files, tfxio.TensorFlowDatasetOptions(batch_size=self.config.batch_size,
+                                                  num_epochs=1, shuffle=shuffle, shuffle_seed=0),
+            self.tft_output.transformed_metadata.schema)
+
+    def build_model(self, config: TrainConfig) -> two_tower.TwoTowerModel:
+        model = two_tower.TwoTowerModel(self.sizes, self.probability,
+                                        output_dim=config.embedding_dim,
+                                        temperature=config.temperature, pooling=config.pooling,
+                                        history_length=self.history_length)
+        model.compile(optimizer=tf.keras.optimizers.Adagrad(learning_rate=config.learning_rate))
+        return model
+
+
+def tuner_fn(fn_args: tfx.components.FnArgs) -> tfx.components.TunerFnResult:
+    """TFX Tuner entry point: a small random search over :data:`TUNED` on the eval loss."""
+    inputs = _Inputs(fn_args)
+
+    def build(hp: keras_tuner.HyperParameters) -> tf.keras.Model:
+        chosen = {name: hp.Choice(name, list(values)) for name, values in TUNED.items()}
+        return inputs.build_model(dataclasses.replace(inputs.config, **chosen))
+
+    tuner = keras_tuner.RandomSearch(
+        build, objective=keras_tuner.Objective("val_total_loss", "min"),
+        max_trials=int(fn_args.custom_config.get("tuner_trials", 4)), seed=0,
+        directory=fn_args.working_dir, project_name="two_tower")
+    return tfx.components.TunerFnResult(tuner=tuner, fit_kwargs={
+        "x": inputs.dataset(fn_args.train_files, shuffle=True),
+        "validation_data": inputs.dataset(fn_args.eval_files, shuffle=False),
+        "epochs": inputs.config.epochs, "verbose": 2})
+
+
 def run_fn(fn_args: tfx.components.FnArgs) -> None:
     """TFX Trainer entry point."""
-    config = train_config(fn_args.custom_config)
-    history_length = int(fn_args.custom_config["history_length"])
-    tft_output = tft.TFTransformOutput(fn_args.transform_output)
-    schema = tft_output.transformed_metadata.schema
-
-    def dataset(files: list[str], shuffle: bool) -> tf.data.Dataset:
-        return fn_args.data_accessor.tf_dataset_factory(
-            files, tfxio.TensorFlowDatasetOptions(batch_size=config.batch_size, num_epochs=1,
-                                                  shuffle=shuffle, shuffle_seed=0), schema)
-
-    columns = read_columns(dataset(fn_args.train_files, shuffle=False), _SNAPSHOT_COLUMNS)
-    sizes = vocabulary_sizes(tft_output)
-    logging.info("vocabulary sizes %s; %d training examples", sizes,
-                 len(columns[features.TIMESTAMP]))
-    probability = None
-    if config.logq_correction:
-        probability = two_tower.sampling_probability(
-            columns[features.ITEM_ID_FEATURE.transformed_name], sizes.items)
-
+    inputs = _Inputs(fn_args)
+    config, tft_output, columns = inputs.config, inputs.tft_output, inputs.columns
+    history_length = inputs.history_length
     tf.keras.utils.set_random_seed(0)
-    model = two_tower.TwoTowerModel(sizes, probability, output_dim=config.embedding_dim,
-                                    temperature=config.temperature, pooling=config.pooling,
-                                    history_length=history_length)
-    model.compile(optimizer=tf.keras.optimizers.Adagrad(learning_rate=config.learning_rate))
-    history = model.fit(dataset(fn_args.train_files, shuffle=True), epochs=config.epochs,
-                        validation_data=dataset(fn_args.eval_files, shuffle=False), verbose=2)
+    model = inputs.build_model(config)
+    history = model.fit(inputs.dataset(fn_args.train_files, shuffle=True), epochs=config.epochs,
+                        validation_data=inputs.dataset(fn_args.eval_files, shuffle=False),
+                        verbose=2)
     logging.info("training losses %s", history.history)
 
     user_ids, age_groups, histories = user_snapshot(columns, tft_output, history_length)

@@ -73,11 +73,13 @@ def _wait_for(url: str, process: subprocess.Popen, log_path: str, ready: str | N
 
 
 @contextlib.contextmanager
-def running(command: list[str], log_path: str, ready_url: str, ready_text: str | None = None) -> Iterator[None]:
+def running(command: list[str], log_path: str, ready_url: str, ready_text: str | None = None,
+            niceness: int = 0) -> Iterator[None]:
     """Runs ``command`` from the repository root until the block ends (SIGTERM, then SIGKILL)."""
     env = dict(os.environ, TF_USE_LEGACY_KERAS="1", TF_CPP_MIN_LOG_LEVEL="2")
     with open(log_path, "wb") as log:
-        process = subprocess.Popen(command, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
+        process = subprocess.Popen(command, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT,
+                                   preexec_fn=(lambda: os.nice(niceness)) if niceness else None)
     try:
         _wait_for(ready_url, process, log_path, ready_text)
         yield
@@ -207,8 +209,12 @@ def latency(args: argparse.Namespace) -> dict[str, object]:
     events = len(pd.read_csv(os.path.join(data_dir, features.EVENTS_FILE), usecols=[features.EVENT_ID]))
     results = []
     load_before = round(os.getloadavg()[0], 2)  # other work on the machine skews the figures
-    with running(model_server, os.path.join(work, "model_server.log"), model_ready_url(rest_port), "AVAILABLE"):
-        with running(service, os.path.join(work, "service.log"), f"http://127.0.0.1:{api_port}/healthz", '"ok"'):
+    if args.nice:
+        os.nice(args.nice)  # the load generator; the servers get the same below
+    with running(model_server, os.path.join(work, "model_server.log"), model_ready_url(rest_port), "AVAILABLE",
+                 args.nice):
+        with running(service, os.path.join(work, "service.log"), f"http://127.0.0.1:{api_port}/healthz", '"ok"',
+                     args.nice):
             drive(api_port, bodies, 4, args.warmup_seconds)
             for concurrency in args.concurrency:
                 summary = summarise(drive(api_port, bodies, concurrency, args.seconds), concurrency)
@@ -223,6 +229,7 @@ def latency(args: argparse.Namespace) -> dict[str, object]:
         "setup": {"scene": args.scene, "k": args.k, "seconds_per_level": args.seconds,
                   "model_protocol": "grpc", "feature_store": "redis" if args.redis_url else "memory",
                   "model_server_batching": None if args.no_batching else "deploy/serving/batching_parameters.txt",
+                  "niceness": args.nice,
                   "users": "uniform over users.csv (known and cold)",
                   "note": "model server, service and load generator share the machine's cores"},
         "command": "python -m bench.recommend " + " ".join(sys.argv[1:]),
@@ -319,10 +326,19 @@ def plot_diversity(report: dict[str, object], path: str) -> None:
     points = report["results"]
     ild = [point["ild@10"] for point in points]  # type: ignore[index]
     ndcg = [point["ndcg@10"] for point in points]  # type: ignore[index]
-    figure, axis = plt.subplots(figsize=(6, 4.2))
+    figure, axis = plt.subplots(figsize=(7, 4.5))
     axis.plot(ild, ndcg, marker="o")
+    labels: dict[tuple[float, float], list[str]] = {}  # lambdas that give the same point share a label
     for point, x, y in zip(points, ild, ndcg):  # type: ignore[arg-type]
-        axis.annotate(f"λ={point['lambda']}", (x, y), textcoords="offset points", xytext=(4, 4), fontsize=8)
+        labels.setdefault((x, y), []).append(f"{point['lambda']:g}")
+    right_edge = 0.97 * max(ild)
+    for number, ((x, y), lambdas) in enumerate(labels.items()):
+        text = "λ=" + (lambdas[0] if len(lambdas) == 1 else f"{lambdas[0]}..{lambdas[-1]}")
+        if x > right_edge:  # crowded right edge: left of the point, the higher point's label above
+            axis.annotate(text, (x, y), textcoords="offset points", fontsize=8, ha="right",
+                          xytext=(-6, 6 if y == max(v for u, v in labels if u > right_edge) else -12))
+        else:
+            axis.annotate(text, (x, y), textcoords="offset points", fontsize=8, xytext=(4, -12 if number % 2 else 5))
     scale = report["scale"]
     axis.set_xlabel("intra-list diversity @10 (share of pairs in different categories)")
     axis.set_ylabel("NDCG@10 on held-out events")
@@ -348,6 +364,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     latency_parser.add_argument("--redis_url", default=None, help="use this Redis as the feature store")
     latency_parser.add_argument("--no_batching", action="store_true",
                                 help="run the model server without server-side batching")
+    latency_parser.add_argument("--nice", type=int, default=0,
+                                help="niceness of the servers and the load generator (negative: ahead of other "
+                                     "work on a shared machine; needs root)")
     latency_parser.add_argument("--out", default=os.path.join(RESULTS, "recommend.json"))
     diversity_parser = commands.add_parser("diversity", help="NDCG@10 against intra-list diversity per lambda")
     diversity_parser.add_argument("--run_dir", required=True, help="a pipeline.local_runner --output_dir")

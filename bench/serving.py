@@ -6,7 +6,8 @@ Scenarios (catalogue size and top-K method; K = 100, embeddings of width 64):
   ``--pipeline_model`` names its pushed base path (``<output_dir>/serving/shoprec_retrieval``);
 * ``5k_synthetic``: 5,000 synthetic items, brute force;
 * ``5k_pipeline_batching`` and ``5k_synthetic_batching``: the same, with server-side batching
-  (``--enable_batching`` with ``deploy/serving/batching_parameters.txt``);
+  (``--enable_batching``, parameters from ``--batching_parameters``, by default
+  ``deploy/serving/batching_parameters.txt``);
 * ``1m_brute_force`` and ``1m_scann``: 1,000,000 synthetic items, exact top-K vs ScaNN.
 
 Synthetic models come from :func:`shoprec.model.export.synthetic_serving_module` (the real module,
@@ -129,7 +130,7 @@ def _dir_mib(path: str) -> float:
 class Server:
     """``python -m serving.model_server`` on 127.0.0.1 serving one base path, in a subprocess."""
 
-    def __init__(self, base_path: str, log_path: str, batching: bool = False):
+    def __init__(self, base_path: str, log_path: str, batching_parameters: str | None = None):
         self.base_path = base_path
         self.log_path = log_path
         self.grpc_port = portpicker.pick_unused_port()
@@ -137,8 +138,8 @@ class Server:
         self.args = [f"--model_name={config.MODEL_NAME}", f"--model_base_path={base_path}",
                      f"--port={self.grpc_port}", f"--rest_api_port={self.rest_port}",
                      "--bind_address=127.0.0.1", "--file_system_poll_wait_seconds=0"]
-        if batching:
-            self.args += ["--enable_batching", f"--batching_parameters_file={BATCHING_PARAMETERS}"]
+        if batching_parameters:
+            self.args += ["--enable_batching", f"--batching_parameters_file={batching_parameters}"]
         self.process: subprocess.Popen | None = None
 
     @property
@@ -324,7 +325,7 @@ def run_scenario(scenario: Scenario, work_dir: str, args: argparse.Namespace,
         result.update(_export_in_subprocess(scenario, os.path.join(base_path, "1")))
     result["model_mib"] = round(_dir_mib(base_path), 1)
     server = Server(base_path, os.path.join(work_dir, f"{scenario.name}.server.log"),
-                    scenario.batching)
+                    os.path.abspath(args.batching_parameters) if scenario.batching else None)
     print(f"[{scenario.name}] starting the server ...", flush=True)
     try:
         result["server_start_to_available_seconds"] = round(server.start(), 1)
@@ -396,6 +397,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--max_seconds", type=float, default=20.0, help="time cap of one run")
     parser.add_argument("--recall_queries", type=int, default=300,
                         help="serving_default queries for the 1M recall (plus 50 with history)")
+    parser.add_argument("--batching_parameters", default=BATCHING_PARAMETERS,
+                        help="BatchingParameters file of the *_batching scenarios")
     parser.add_argument("--out", default=DEFAULT_OUT)
     parser.add_argument("--export-items", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--export-index", help=argparse.SUPPRESS)
@@ -438,8 +441,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                      "concurrency": args.concurrency, "top_k": TOP_K,
                      "server_flags": "defaults (gRPC and REST threads 4 x CPUs, warmup on), "
                                      "--bind_address=127.0.0.1; *_batching scenarios add "
-                                     "--enable_batching --batching_parameters_file="
-                                     "deploy/serving/batching_parameters.txt",
+                                     "--enable_batching --batching_parameters_file=" + (
+                                         os.path.relpath(args.batching_parameters, REPO)),
                      "client": "threads in one process on the same machine as the server; gRPC: "
                                "official stubs over one channel; REST: requests.Session per thread"},
         "scenarios": results,

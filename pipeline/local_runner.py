@@ -70,6 +70,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--bless_below_popularity", action="store_true",
                         help="do not require beating the popularity baseline (for smoke tests "
                              "on shops too small to learn from)")
+    parser.add_argument("--tuner_trials", type=int, default=0,
+                        help="run a Tuner with this many trials before the Trainer (default: "
+                             "%(default)s, no tuning)")
     parser.add_argument("--model_name", default=MODEL_NAME)
     parser.add_argument("--no_cache", action="store_true", help="rerun every component")
     return parser
@@ -134,6 +137,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         schema_path=schema.path,
         disabled_features=disabled,
         enable_cache=not args.no_cache,
+        tuner_trials=args.tuner_trials,
     )
     run_started = time.time()
     tfx.orchestration.LocalDagRunner().run(pipeline)

@@ -20,6 +20,7 @@ from shoprec.config import MODEL_NAME, EvalConfig, SplitConfig, TrainConfig
 
 PREPROCESSING_FN = "transform_module.preprocessing_fn"
 RUN_FN = "trainer_module.run_fn"
+TUNER_FN = "trainer_module.tuner_fn"
 
 
 def create_pipeline(
@@ -36,6 +37,7 @@ def create_pipeline(
     disabled_features: tuple[str, ...] = (),
     model_name: str = MODEL_NAME,
     enable_cache: bool = True,
+    tuner_trials: int = 0,
 ) -> tfx.dsl.Pipeline:
     """Builds the pipeline.
 
@@ -54,6 +56,8 @@ def create_pipeline(
         Transform turns them into a constant, so they carry no signal.
       model_name: TF Serving model name.
       enable_cache: reuse the outputs of components whose inputs did not change.
+      tuner_trials: when > 0, a Tuner (KerasTuner random search over learning rate, embedding
+        width and pooling) runs this many trials first and the Trainer uses its best values.
 
     Returns:
       A ``tfx.dsl.Pipeline`` with ExampleGen, StatisticsGen, ImportSchemaGen, ExampleValidator,
@@ -81,11 +85,20 @@ def create_pipeline(
     custom_config = {field: getattr(train, field) for field in train.__dataclass_fields__}
     custom_config.update(history_length=split.history_length,
                          items_path=os.path.join(data_dir, features.ITEMS_FILE))
+    tuner = None
+    if tuner_trials > 0:
+        tuner = tfx.components.Tuner(
+            tuner_fn=TUNER_FN,
+            examples=transform.outputs["transformed_examples"],
+            transform_graph=transform.outputs["transform_graph"],
+            schema=gate.outputs["validated_schema"],
+            custom_config={**custom_config, "tuner_trials": tuner_trials})
     trainer = tfx.components.Trainer(
         run_fn=RUN_FN,
         examples=transform.outputs["transformed_examples"],
         transform_graph=transform.outputs["transform_graph"],
         schema=gate.outputs["validated_schema"],
+        hyperparameters=tuner.outputs["best_hyperparameters"] if tuner else None,
         custom_config=custom_config)
     last_blessed = tfx.dsl.Resolver(
         strategy_class=tfx.dsl.experimental.LatestBlessedModelStrategy,
@@ -109,7 +122,7 @@ def create_pipeline(
         pipeline_name=pipeline_name,
         pipeline_root=pipeline_root,
         components=[example_gen, schema_gen, statistics_gen, example_validator, gate, transform,
-                    trainer, last_blessed, evaluator, pusher],
+                    *([tuner] if tuner else []), trainer, last_blessed, evaluator, pusher],
         enable_cache=enable_cache,
         metadata_connection_config=metadata_connection_config,
         beam_pipeline_args=beam_pipeline_args or [],

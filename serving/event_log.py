@@ -83,6 +83,17 @@ class LoggedEvent:
     request_id: str | None = None
 
 
+@dataclasses.dataclass
+class _Pending:
+    """One request's events waiting for a group commit, and then its outcome."""
+
+    events: Sequence[LoggedEvent]
+    received_at: float
+    inserted: list[bool] | None = None
+    error: sqlite3.Error | None = None
+    done: bool = False
+
+
 class EventLog:
     """An append-only, crash-safe log of accepted events in one SQLite file.
 
@@ -102,33 +113,76 @@ class EventLog:
             raise sqlite3.OperationalError(f"{path}: cannot switch to WAL mode (got {mode})")
         self._connection.execute("PRAGMA synchronous=FULL")
         self._connection.execute(_SCHEMA)
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()  # the connection
+        self._queue_changed = threading.Condition()
+        self._queue: list[_Pending] = []
+        self._committing = False
+        self.commits = 0  # transactions so far (fewer than appends when requests share a commit)
 
     def append(self, events: Sequence[LoggedEvent], received_at: float) -> list[bool]:
-        """Commits events durably, in one transaction.
+        """Commits events durably (group commit: concurrent requests share one transaction and
+        one fsync, each in its own savepoint, so one request's failure is its own).
 
         Returns:
           Per event, whether it was new (False: an event with its id was already logged).
 
         Raises:
-          sqlite3.Error: the write failed; nothing of the batch was logged.
+          sqlite3.Error: the write failed; nothing of this request's events was logged.
         """
+        pending = _Pending(events, received_at)
+        with self._queue_changed:
+            self._queue.append(pending)
+            while not pending.done:
+                if self._committing:  # another request is committing: ours goes in the next group
+                    self._queue_changed.wait()
+                    continue
+                self._committing = True
+                group, self._queue = self._queue, []
+                self._queue_changed.release()
+                try:
+                    self._commit(group)
+                finally:
+                    self._queue_changed.acquire()
+                    self._committing = False
+                    self._queue_changed.notify_all()
+        if pending.error is not None:
+            raise pending.error
+        assert pending.inserted is not None
+        return pending.inserted
+
+    def _commit(self, group: list[_Pending]) -> None:
+        """Writes a group of requests in one transaction; sets each one's result or error."""
         placeholders = ", ".join("?" * (len(_COLUMNS) + 1))
         statement = (f"INSERT INTO events ({', '.join(_COLUMNS)}, received_at) VALUES ({placeholders}) "
                      f"ON CONFLICT({features.EVENT_ID}) DO NOTHING")  # only a repeated id is skipped
-        inserted = []
         with self._lock:
             cursor = self._connection.cursor()
-            cursor.execute("BEGIN IMMEDIATE")
             try:
-                for event in events:
-                    cursor.execute(statement, (*dataclasses.astuple(event), received_at))
-                    inserted.append(cursor.rowcount == 1)
+                cursor.execute("BEGIN IMMEDIATE")
+                for pending in group:
+                    cursor.execute("SAVEPOINT request")
+                    try:
+                        inserted = []
+                        for event in pending.events:
+                            cursor.execute(statement, (*dataclasses.astuple(event), pending.received_at))
+                            inserted.append(cursor.rowcount == 1)
+                        pending.inserted = inserted
+                    except sqlite3.Error as err:
+                        cursor.execute("ROLLBACK TO request")
+                        pending.error = err
+                    cursor.execute("RELEASE request")
                 cursor.execute("COMMIT")
-            except sqlite3.Error:
-                cursor.execute("ROLLBACK")
-                raise
-        return inserted
+                self.commits += 1
+            except sqlite3.Error as err:
+                if self._connection.in_transaction:
+                    cursor.execute("ROLLBACK")
+                for pending in group:
+                    pending.inserted, pending.error = None, pending.error or err
+            finally:
+                for pending in group:
+                    if pending.inserted is None and pending.error is None:
+                        pending.error = sqlite3.OperationalError("the commit was interrupted")
+                    pending.done = True
 
     def counts(self) -> dict[str, int]:
         """Number of logged events per event type."""

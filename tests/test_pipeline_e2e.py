@@ -199,3 +199,15 @@ def test_real_rees46_logs_run_through_the_pipeline(tmp_path):
     assert users > 500 and summary["metrics"]["item_knn"]["all"]["users"] == users
     # Three hours of logs are too little to beat popularity: the blessing must say so.
     assert summary["pushed"] == summary["blessed"]
+
+
+def test_tuner_feeds_its_best_hyper_parameters_to_the_trainer(tmp_path):
+    summary = run(str(tmp_path / "tuned"), *BELOW_POPULARITY_OK, "--epochs", "1",
+                  "--tuner_trials", "2")
+    assert summary["components"]["Tuner"]["state"] == "COMPLETE"
+    store = run_summary.open_store(str(tmp_path / "tuned" / "metadata.sqlite"))
+    [best] = store.get_artifacts_by_type("HyperParameters")
+    with open(os.path.join(best.uri, "best_hyperparameters.txt")) as f:
+        values = json.load(f)["values"]
+    assert set(values) == {"learning_rate", "embedding_dim", "pooling"}
+    assert summary["pushed"] is True

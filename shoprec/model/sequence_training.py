@@ -49,6 +49,8 @@ class SequenceConfig:
       use_user_id: the query tower also reads a user-id embedding.
       item_attributes: the candidate tower also reads category and brand (then it ends in a
         linear layer, and so does the query tower).
+      negatives: 0 trains with a full softmax over the catalogue; N > 0 with a sampled
+        softmax over N uniformly drawn items per batch (cheaper per step).
       batch_size: sequences per training step.
       learning_rate: Adam's.
       epochs: most passes over the training sequences.
@@ -68,6 +70,7 @@ class SequenceConfig:
     temperature: float = 1.0
     use_user_id: bool = False
     item_attributes: bool = False
+    negatives: int = 0
     batch_size: int = 128
     learning_rate: float = 1e-3
     epochs: int = 200
@@ -218,7 +221,8 @@ def build_model(data: SequenceData, config: SequenceConfig) -> two_tower.TwoTowe
     return two_tower.TwoTowerModel(
         sizes, None, output_dim=config.embedding_dim, temperature=config.temperature,
         pooling="attention", history_length=config.max_length, options=options,
-        loss="full_softmax", catalogue=catalogue, all_positions=True)
+        loss="sampled_softmax" if config.negatives else "full_softmax", catalogue=catalogue,
+        all_positions=True, negatives=max(config.negatives, 1))
 
 
 def query_embeddings(model: two_tower.TwoTowerModel, histories: Sequence[np.ndarray],

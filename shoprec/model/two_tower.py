@@ -36,7 +36,7 @@ class VocabularySizes:
 
 
 PROJECTIONS = ("mlp", "linear", "none")
-LOSSES = ("in_batch", "full_softmax")
+LOSSES = ("in_batch", "full_softmax", "sampled_softmax")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -362,30 +362,36 @@ class TwoTowerModel(tfrs.models.Model):
       pooling: how the query tower summarises the behaviour sequence (:data:`POOLINGS`).
       history_length: N, the behaviour sequence's padded length.
       options: how the towers are built (:class:`TowerOptions`); ``None``: the defaults.
-      loss: ``"in_batch"`` (the other examples' items are the negatives, via TFRS) or
+      loss: ``"in_batch"`` (the other examples' items are the negatives, via TFRS),
         ``"full_softmax"`` (cross-entropy against every catalogue item, which needs
-        ``catalogue``).
+        ``catalogue``) or ``"sampled_softmax"`` (cross-entropy against the positive and
+        ``negatives`` catalogue items drawn uniformly per batch and shared by its examples; a
+        drawn item that is the example's own positive is masked out).
       catalogue: transformed candidate features of every item index, each ``[sizes.items]``
         (row i describes item index i; an absent item-id column means ``range(sizes.items)``).
         Row 0, the padding, is never a softmax class.
       all_positions: (full softmax only) a training example is a whole sequence: the item-id
         feature is ``[batch, N]``, the next item after each history position (0 where there is
         none), and the loss averages over every position that has one.
+      negatives: items drawn per batch by the sampled softmax.
     """
 
     def __init__(self, sizes: VocabularySizes, item_sampling_probability: np.ndarray | None,
                  output_dim: int = 64, temperature: float = 0.1, pooling: str = "mean",
                  history_length: int = 20, options: TowerOptions | None = None,
                  loss: str = "in_batch", catalogue: dict[str, np.ndarray] | None = None,
-                 all_positions: bool = False):
+                 all_positions: bool = False, negatives: int = 1024):
         super().__init__()
         options = options or TowerOptions()
         if loss not in LOSSES:
             raise ValueError(f"unknown loss {loss!r}; choose one of {', '.join(LOSSES)}")
-        if loss == "full_softmax" and catalogue is None:
-            raise ValueError("the full softmax needs the catalogue's candidate features")
-        if all_positions and loss != "full_softmax":
-            raise ValueError("all_positions needs loss='full_softmax'")
+        softmax = loss in ("full_softmax", "sampled_softmax")
+        if softmax and catalogue is None:
+            raise ValueError(f"the {loss} loss needs the catalogue's candidate features")
+        if all_positions and not softmax:
+            raise ValueError("all_positions needs the full or sampled softmax loss")
+        if loss == "sampled_softmax" and negatives < 1:
+            raise ValueError(f"negatives must be >= 1, got {negatives}")
         item_embedding = tf.keras.layers.Embedding(
             sizes.items, options.item_embedding_dim, name="item_id_embedding")
         self.query_tower = QueryTower(sizes, item_embedding, output_dim, pooling, history_length,
@@ -402,6 +408,7 @@ class TwoTowerModel(tfrs.models.Model):
         self.loss_name = loss
         self.temperature = temperature
         self.all_positions = all_positions
+        self.negatives = negatives
         self.catalogue = None
         if catalogue is not None:
             self.catalogue = _catalogue_tensors(catalogue, sizes.items)
@@ -410,15 +417,28 @@ class TwoTowerModel(tfrs.models.Model):
     # about 20 s of conversion on 2 cores, for code with no tensor-dependent Python control flow.
     @tf.autograph.experimental.do_not_convert
     def train_step(self, inputs: dict[str, tf.Tensor]) -> dict[str, tf.Tensor]:
-        return super().train_step(inputs)
+        if self.loss_name == "in_batch":
+            return super().train_step(inputs)
+        with tf.GradientTape() as tape:
+            loss = self.compute_loss(inputs, training=True)
+            regularization_loss = tf.add_n(self.losses) if self.losses else tf.constant(0.0)
+            total_loss = loss + regularization_loss
+        gradients = tape.gradient(total_loss, self.trainable_variables)
+        # The softmax reads the whole item table every step: one dense update is cheaper than
+        # sparse updates with a catalogue's worth of rows.
+        gradients = [tf.convert_to_tensor(g) if isinstance(g, tf.IndexedSlices) else g
+                     for g in gradients]
+        self.optimizer.apply_gradients(zip(gradients, self.trainable_variables))
+        return {"loss": loss, "regularization_loss": regularization_loss,
+                "total_loss": total_loss}
 
     @tf.autograph.experimental.do_not_convert
     def test_step(self, inputs: dict[str, tf.Tensor]) -> dict[str, tf.Tensor]:
         return super().test_step(inputs)
 
     def compute_loss(self, inputs: dict[str, tf.Tensor], training: bool = False) -> tf.Tensor:
-        if self.loss_name == "full_softmax":
-            return self._full_softmax_loss(inputs, training)
+        if self.loss_name != "in_batch":
+            return self._softmax_loss(inputs, training)
         item_ids = tf.reshape(inputs[features.ITEM_ID_FEATURE.transformed_name], [-1])
         sampling_probability = None
         if self.item_sampling_probability is not None:
@@ -433,7 +453,8 @@ class TwoTowerModel(tfrs.models.Model):
             raise ValueError("the model was built without a catalogue")
         return self.candidate_tower(self.catalogue, training=training)
 
-    def _full_softmax_loss(self, inputs: dict[str, tf.Tensor], training: bool) -> tf.Tensor:
+    def _softmax_loss(self, inputs: dict[str, tf.Tensor], training: bool) -> tf.Tensor:
+        """Cross-entropy of each positive against the catalogue (full or sampled)."""
         targets = inputs[features.ITEM_ID_FEATURE.transformed_name]
         if self.all_positions:
             queries = self.query_tower.sequence_outputs(inputs, training=training)
@@ -443,11 +464,20 @@ class TwoTowerModel(tfrs.models.Model):
         else:
             queries, targets = self.query_tower(inputs, training=training), tf.reshape(targets,
                                                                                         [-1])
-        logits = tf.matmul(queries, self.item_embeddings(training), transpose_b=True)
-        logits = logits / self.temperature
-        padding = tf.one_hot(0, tf.shape(logits)[1], on_value=-1e9, off_value=0.0)
+        targets = tf.cast(targets, tf.int32)
+        items = self.item_embeddings(training)
+        if self.loss_name == "full_softmax":
+            logits = tf.matmul(queries, items, transpose_b=True) / self.temperature
+            padding = tf.one_hot(0, tf.shape(logits)[1], on_value=-1e9, off_value=0.0)
+            return tf.reduce_mean(tf.nn.sparse_softmax_cross_entropy_with_logits(
+                targets, logits + padding[tf.newaxis]))
+        sampled = tf.random.uniform([self.negatives], 1, tf.shape(items)[0], tf.int32)
+        positive = tf.reduce_sum(queries * tf.gather(items, targets), axis=1, keepdims=True)
+        negative = tf.matmul(queries, tf.gather(items, sampled), transpose_b=True)
+        negative += tf.where(sampled[tf.newaxis] == targets[:, tf.newaxis], -1e9, 0.0)
+        logits = tf.concat([positive, negative], axis=1) / self.temperature
         return tf.reduce_mean(tf.nn.sparse_softmax_cross_entropy_with_logits(
-            tf.cast(targets, tf.int32), logits + padding[tf.newaxis]))
+            tf.zeros_like(targets), logits))
 
 
 def _catalogue_tensors(catalogue: dict[str, np.ndarray], items: int) -> dict[str, tf.Tensor]:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 
 import numpy as np
 import pandas as pd
@@ -89,3 +89,8 @@ class Catalogue:
             else:
                 known.append(row)
         return np.asarray(known, dtype=np.int64), unknown
+
+    def rows_or_missing(self, item_ids: Sequence[str]) -> np.ndarray:
+        """int64 rows of ``item_ids``, in order, with -1 for ids not in the catalogue."""
+        rows = self._rows
+        return np.fromiter((rows.get(item_id, -1) for item_id in item_ids), np.int64, len(item_ids))

@@ -87,9 +87,6 @@ class Denylist:
                     _log.warning("denylist %s unreadable, keeping the previous one: %s", self._path, err)
         return self._mask
 
-    def __len__(self) -> int:
-        return int(self.mask().sum())
-
 
 class BusinessFilters:
     """Builds each request's allowed-items mask."""

@@ -85,10 +85,8 @@ class TwoTowerRetriever:
         if not query.known_user and not query.model_history:
             return Candidates.empty(self.name)  # nothing personal to go on: leave it to fallbacks
         item_ids, scores, version = self._gateway.top_k(query.user_id, query.model_history)
-        known, _ = self._catalogue.rows(item_ids)  # ids the catalogue lacks are dropped
-        rows = np.full(len(item_ids), -1, np.int64)
-        rows[[item_id in self._catalogue for item_id in item_ids]] = known
-        keep = rows >= 0
+        rows = self._catalogue.rows_or_missing(item_ids)
+        keep = rows >= 0  # ids the catalogue lacks are dropped
         keep[keep] = query.allowed[rows[keep]]
         return Candidates(self.name, rows[keep][:query.limit], scores[keep][:query.limit], model_version=version)
 

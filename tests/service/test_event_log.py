@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sqlite3
+import threading
 from pathlib import Path
 
 import pandas as pd
@@ -99,3 +100,34 @@ def test_count_command(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> No
     assert event_log.main(["count", "--log", path]) == 0
     lines = dict(line.split("\t") for line in capsys.readouterr().out.strip().splitlines())
     assert lines == {"impression": "0", "click": "1", "cart": "0", "purchase": "1", "total": "2"}
+
+
+def test_concurrent_appends_share_commits(tmp_path: Path) -> None:
+    log = EventLog(str(tmp_path / "events.sqlite"))
+    results: list[list[bool]] = []
+
+    def post(thread: int) -> None:
+        for n in range(25):
+            results.append(log.append([logged(thread * 1000 + n), logged(0)], received_at=1.0))
+
+    threads = [threading.Thread(target=post, args=(thread,)) for thread in range(1, 9)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len(results) == 200 and all(result[0] for result in results)
+    assert sum(result[1] for result in results) == 1  # event live-0: logged once, then a duplicate
+    assert log.counts() == {features.CLICK: 201}
+    assert log.commits <= 200
+    log.close()
+
+
+def test_a_failing_request_in_a_group_fails_alone(tmp_path: Path) -> None:
+    log = EventLog(str(tmp_path / "events.sqlite"))
+    good, bad = event_log._Pending([logged(1)], 1.0), event_log._Pending(
+        [logged(2), LoggedEvent("x", "u1", "i1", features.CLICK, None, "s")], 1.0)  # type: ignore[arg-type]
+    log._commit([good, bad])
+    assert good.inserted == [True] and good.error is None
+    assert bad.inserted is None and isinstance(bad.error, sqlite3.IntegrityError)
+    assert [event.event_id for event in log.events()] == ["live-1"]
+    log.close()

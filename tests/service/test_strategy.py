@@ -71,6 +71,7 @@ def test_catalogue_lookups(catalogue: Catalogue) -> None:
     assert len(catalogue) == 8 and "i3" in catalogue and "zz" not in catalogue
     rows, unknown = catalogue.rows(["i2", "zz", "i0"])
     assert rows.tolist() == [2, 0] and unknown == ["zz"]
+    assert catalogue.rows_or_missing(["i2", "zz", "i0"]).tolist() == [2, -1, 0]
     assert catalogue.category_names == ("a", "b", "c")
     assert catalogue.category_codes.tolist() == [0, 0, 0, 1, 1, 2, 2, 2]
     with pytest.raises(ValueError, match="duplicate"):

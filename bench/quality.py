@@ -1,0 +1,344 @@
+"""Retrieval quality on Amazon Beauty: the two-tower model vs popularity, item-kNN and the papers.
+
+Standard sequential-recommendation protocol (SASRec, S3-Rec): leave-one-out (each user's last
+item is the test item, the second-last the validation item, the rest training), every one of the
+12,101 items ranked, the items before the target excluded, HR@5/10/20 and NDCG@5/10/20 over all
+users. The validation items choose the epoch (early stopping) and item-kNN's neighbour count;
+the test items are read once, at the end::
+
+    python -m bench.quality [--epochs 200] [--time-budget-min 14] [--out bench/results/quality.json]
+
+Prints each epoch's loss and validation HR@10/NDCG@10, then a table of ours vs the baselines vs
+published full-ranking numbers, and writes the JSON (metrics, training time, epochs,
+hyper-parameters, machine, dataset scale, command) and a chart beside it (``quality.png``).
+The data is read from ``../shared/datasets/amazon-beauty`` (relative to the repository root).
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
+
+import argparse  # noqa: E402
+import dataclasses  # noqa: E402
+import json  # noqa: E402
+import sys  # noqa: E402
+import tempfile  # noqa: E402
+import time  # noqa: E402
+from typing import Callable, Sequence  # noqa: E402
+
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+
+from bench.generate import machine_info  # noqa: E402
+from shoprec import features  # noqa: E402
+from shoprec.data import importer  # noqa: E402
+from shoprec.model import baselines  # noqa: E402
+from shoprec.model import sequence_training as st  # noqa: E402
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+DEFAULT_DATA = os.path.join(REPO, "..", "shared", "datasets", "amazon-beauty")
+DEFAULT_OUT = os.path.join(REPO, "bench", "results", "quality.json")
+TRAINING_LIMIT_S = 15 * 60
+KNN_NEIGHBOURS = (20, 50, 100, 200, 500)
+
+# Full-ranking HR@10 / NDCG@10 on this data and protocol, as published (S3-Rec, CIKM 2020;
+# ICLRec, WWW 2022; DuoRec, WSDM 2022).
+PUBLISHED: dict[str, dict[str, float]] = {
+    "PopRec": {"hitrate@10": 0.0152, "ndcg@10": 0.0068},
+    "BPR-MF": {"hitrate@10": 0.0296, "ndcg@10": 0.0147},
+    "GRU4Rec": {"hitrate@10": 0.0283, "ndcg@10": 0.0137},
+    "SASRec": {"hitrate@10": 0.0605, "ndcg@10": 0.0318},
+    "S3-Rec": {"hitrate@10": 0.0647, "ndcg@10": 0.0327},
+    "ICLRec": {"hitrate@10": 0.0744, "ndcg@10": 0.0403},
+    "DuoRec": {"hitrate@10": 0.0825, "ndcg@10": 0.0425},
+}
+OURS = ("two_tower", "popularity", "item_knn")
+LABELS = {"two_tower": "two-tower (ours)", "popularity": "popularity (ours)",
+          "item_knn": "item-kNN (ours)"}
+REPORTED = tuple(f"{m}@{k}" for m in ("hitrate", "ndcg") for k in st.KS)
+
+Scorer = Callable[[Sequence[np.ndarray], np.ndarray], np.ndarray]
+
+
+# ---------------------------------------------------------------------------------------------
+# Data.
+# ---------------------------------------------------------------------------------------------
+def load_data(path: str, item_attributes: bool) -> tuple[st.SequenceData, int]:
+    """Beauty's sequences split leave-one-out and indexed; also the interaction count.
+
+    With ``item_attributes``, each item's category and brand come from the importer's Amazon
+    adapter (``Beauty_item2attributes.json``), the same values the pipeline would see.
+    """
+    sequences = importer.load_amazon_beauty_sequences(path)
+    attributes = amazon_item_attributes(path) if item_attributes else None
+    data = st.index_sequences(*importer.leave_one_out(sequences), item_attributes=attributes)
+    return data, sum(len(items) for items in sequences.values())
+
+
+def amazon_item_attributes(path: str) -> dict[str, tuple[str, str]]:
+    """Item id -> (category, brand) as ``importer`` derives them for ``items.csv``."""
+    with tempfile.TemporaryDirectory(prefix="shoprec-quality-") as out_dir:
+        importer.import_logs("amazon-beauty", path, out_dir)
+        items = pd.read_csv(os.path.join(out_dir, features.ITEMS_FILE), dtype=str)
+    return {row.item_id: (row.category, row.brand) for row in items.itertuples()}
+
+
+# ---------------------------------------------------------------------------------------------
+# Baselines, fitted on what precedes the targets (training items for validation; training and
+# validation items for test).
+# ---------------------------------------------------------------------------------------------
+def _interactions(histories: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """(user rows, item rows) of every history item."""
+    users = np.repeat(np.arange(len(histories)), [len(h) for h in histories])
+    return users, np.concatenate(histories) - 1
+
+
+def popularity_scorer(histories: Sequence[np.ndarray], n_items: int) -> Scorer:
+    """Scores every user with the items' interaction counts in ``histories``."""
+    counts = baselines.popularity_scores(_interactions(histories)[1], n_items)
+    return lambda chunk, rows: np.broadcast_to(counts, (len(chunk), n_items))
+
+
+def knn_scorer(histories: Sequence[np.ndarray], n_items: int, neighbours: int) -> Scorer:
+    """Item-kNN fitted on ``histories``, scoring each user from their own history."""
+    users, items = _interactions(histories)
+    knn = baselines.ItemKNN(users, items, n_items, neighbours)
+    return lambda chunk, rows: knn.scores([h - 1 for h in chunk])
+
+
+def evaluate_baselines(data: st.SequenceData, neighbours: Sequence[int],
+                       log: Callable[[str], None]) -> dict[str, dict[str, dict[str, float]]]:
+    """Validation and test metrics of popularity and item-kNN (neighbours chosen on validation).
+
+    Returns:
+      ``{"valid": {name: metrics}, "test": {name: metrics}, "item_knn_neighbours": n}``.
+    """
+    valid_h, test_h, n = data.valid_histories(), data.test_histories(), data.n_items
+    results: dict = {"valid": {}, "test": {}}
+    results["valid"]["popularity"] = st.evaluate(popularity_scorer(valid_h, n), valid_h,
+                                                 data.valid, n)
+    results["test"]["popularity"] = st.evaluate(popularity_scorer(test_h, n), test_h,
+                                                data.test, n)
+    by_neighbours = {}
+    for k in neighbours:
+        by_neighbours[k] = st.evaluate(knn_scorer(valid_h, n, k), valid_h, data.valid, n)
+        log(f"item-kNN, {k} neighbours: valid HR@10 {by_neighbours[k]['hitrate@10']:.4f}  "
+            f"NDCG@10 {by_neighbours[k]['ndcg@10']:.4f}")
+    best = max(by_neighbours, key=lambda k: by_neighbours[k][st.SELECTION_METRIC])
+    results["valid"]["item_knn"] = by_neighbours[best]
+    results["test"]["item_knn"] = st.evaluate(knn_scorer(test_h, n, best), test_h, data.test, n)
+    results["item_knn_neighbours"] = best
+    results["item_knn_valid_by_neighbours"] = {
+        str(k): _rounded(m, ("hitrate@10", "ndcg@10")) for k, m in by_neighbours.items()}
+    return results
+
+
+# ---------------------------------------------------------------------------------------------
+# The benchmark.
+# ---------------------------------------------------------------------------------------------
+def _rounded(metrics: dict[str, float], names: Sequence[str] = REPORTED) -> dict[str, float]:
+    return {name: round(float(metrics[name]), 4) for name in names}
+
+
+def run(data: st.SequenceData, config: st.SequenceConfig,
+        knn_neighbours: Sequence[int] = KNN_NEIGHBOURS,
+        log: Callable[[str], None] = print) -> dict[str, object]:
+    """Trains and evaluates the two-tower model and the baselines on ``data``.
+
+    Returns:
+      ``test`` and ``valid`` metrics per method, ``training`` (time, epochs, per-epoch
+      validation), ``hyperparameters`` and ``targets`` (which acceptance targets are met).
+    """
+    log(f"baselines on {len(data.users):,} users, {data.n_items:,} items")
+    began = time.perf_counter()
+    base = evaluate_baselines(data, knn_neighbours, log)
+    baseline_seconds = time.perf_counter() - began
+    log(f"training the two-tower model ({config})")
+    result = st.train(data, config, log=log)
+    log(f"trained in {result.total_seconds / 60:.1f} min ({result.epochs_run} epochs, best "
+        f"{result.best_epoch}, stopped by {result.stopped_by}); evaluating on the test items")
+    scorer = st.model_scorer(result.model, config.max_length)
+    test = dict(base["test"], two_tower=st.evaluate(scorer, data.test_histories(), data.test,
+                                                    data.n_items))
+    valid = dict(base["valid"], two_tower=result.best_valid)
+    ours = test["two_tower"]
+    sasrec, duorec = PUBLISHED["SASRec"], PUBLISHED["DuoRec"]
+    targets = {
+        "beats_popularity": all(ours[m] > test["popularity"][m] for m in ("hitrate@10",
+                                                                           "ndcg@10")),
+        "beats_item_knn": all(ours[m] > test["item_knn"][m] for m in ("hitrate@10", "ndcg@10")),
+        "reaches_sasrec": all(ours[m] >= sasrec[m] for m in sasrec),
+        "reaches_duorec": all(ours[m] >= duorec[m] for m in duorec),
+        "training_within_15_min": result.total_seconds <= TRAINING_LIMIT_S,
+    }
+    return {
+        "test": {name: _rounded(test[name]) for name in OURS},
+        "valid": {name: _rounded(valid[name]) for name in OURS},
+        "users_evaluated": int(test["two_tower"]["users"]),
+        "published": PUBLISHED,
+        "targets": targets,
+        "training": {
+            "minutes": round(result.total_seconds / 60, 2),
+            "seconds": round(result.total_seconds, 1),
+            "gradient_step_seconds": round(result.train_seconds, 1),
+            "validation_seconds": round(result.valid_seconds, 1),
+            "measured": "wall time of model building, every epoch's gradient steps and every "
+                        "validation; data loading, baselines and the test evaluation excluded",
+            "epochs_run": result.epochs_run,
+            "best_epoch": result.best_epoch,
+            "stopped_by": result.stopped_by,
+            "per_epoch_validation": result.history,
+        },
+        "baselines": {"item_knn_neighbours": base["item_knn_neighbours"],
+                      "item_knn_valid_by_neighbours": base["item_knn_valid_by_neighbours"],
+                      "seconds": round(baseline_seconds, 1),
+                      "fitted_on": "for validation the training items; for test the training "
+                                   "and validation items (everything before the test item)"},
+        "hyperparameters": dataclasses.asdict(config),
+    }
+
+
+def render_table(report: dict[str, object]) -> str:
+    """Ours (all cut-offs) and the published numbers (HR@10/NDCG@10), one line each."""
+    head = (f"{'method':<24}" + "".join(f"{'HR@' + str(k):>9}" for k in st.KS)
+            + "".join(f"{'NDCG@' + str(k):>9}" for k in st.KS))
+    lines = ["Amazon Beauty, leave-one-out, full ranking over all items (test items)", head,
+             "-" * len(head)]
+    for name in OURS:
+        metrics = report["test"][name]  # type: ignore[index]
+        lines.append(f"{LABELS[name]:<24}" + "".join(f"{metrics[m]:>9.4f}" for m in REPORTED))
+    lines.append("published (HR@10, NDCG@10 only):")
+    for name, metrics in PUBLISHED.items():
+        lines.append(f"{'  ' + name:<24}{'':>9}{metrics['hitrate@10']:>9.4f}{'':>9}{'':>9}"
+                     f"{metrics['ndcg@10']:>9.4f}")
+    training = report["training"]  # type: ignore[index]
+    lines.append(f"training: {training['minutes']:.1f} min, {training['epochs_run']} epochs "
+                 f"(best {training['best_epoch']}, stopped by {training['stopped_by']})")
+    targets = report["targets"]  # type: ignore[index]
+    lines.append("targets: " + ", ".join(f"{k} {'yes' if v else 'NO'}"
+                                         for k, v in targets.items()))
+    return "\n".join(lines)
+
+
+def plot(report: dict[str, object], path: str) -> None:
+    """Horizontal bars of HR@10 and NDCG@10: ours (solid) and published (hatched)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = [(LABELS[n], report["test"][n], True) for n in OURS]  # type: ignore[index]
+    rows += [(f"{n} (published)", m, False) for n, m in PUBLISHED.items()]
+    rows.sort(key=lambda row: row[1]["ndcg@10"])
+    figure, axes = plt.subplots(1, 2, figsize=(11, 5.5), sharey=True)
+    positions = np.arange(len(rows))
+    for axis, metric, title in zip(axes, ("hitrate@10", "ndcg@10"), ("HR@10", "NDCG@10")):
+        values = [row[1][metric] for row in rows]
+        bars = axis.barh(positions, values, color=["tab:blue" if row[2] else "lightgray"
+                                                   for row in rows],
+                         hatch=None, edgecolor="black", linewidth=0.5)
+        for bar, row in zip(bars, rows):
+            if not row[2]:
+                bar.set_hatch("//")
+        for y, value in zip(positions, values):
+            axis.text(value, y, f" {value:.4f}", va="center", fontsize=8)
+        axis.set_title(title)
+        axis.set_xlim(0, max(values) * 1.25)
+    axes[0].set_yticks(positions, [row[0] for row in rows])
+    training = report["training"]  # type: ignore[index]
+    figure.suptitle("Amazon Beauty, leave-one-out, full ranking (test); two-tower trained in "
+                    f"{training['minutes']:.1f} min on {report['machine']['cpu_cores']} CPU "
+                    "cores", fontsize=10)  # type: ignore[index]
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+
+
+def _command(argv: Sequence[str]) -> str:
+    return " ".join(["python -m bench.quality", *argv]).strip()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    defaults = st.SequenceConfig()
+    parser = argparse.ArgumentParser(prog="python -m bench.quality", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data", default=DEFAULT_DATA,
+                        help="folder with Beauty.txt and Beauty_item2attributes.json")
+    parser.add_argument("--out", default=DEFAULT_OUT,
+                        help="JSON results; the chart goes beside it with a .png suffix")
+    parser.add_argument("--epochs", type=int, default=defaults.epochs, help="most epochs")
+    parser.add_argument("--patience", type=int, default=defaults.patience,
+                        help="stop after this many validations without a better NDCG@10")
+    parser.add_argument("--eval-every", type=int, default=defaults.eval_every,
+                        help="validate every N epochs")
+    parser.add_argument("--time-budget-min", type=float,
+                        default=None if defaults.time_budget_s is None
+                        else defaults.time_budget_s / 60,
+                        help="stop training after the epoch that passes this many minutes")
+    parser.add_argument("--batch-size", type=int, default=defaults.batch_size)
+    parser.add_argument("--learning-rate", type=float, default=defaults.learning_rate)
+    parser.add_argument("--max-length", type=int, default=defaults.max_length,
+                        help="most recent items the query tower reads")
+    parser.add_argument("--dim", type=int, default=defaults.embedding_dim,
+                        help="embedding and tower output width")
+    parser.add_argument("--blocks", type=int, default=defaults.blocks,
+                        help="causal self-attention blocks")
+    parser.add_argument("--heads", type=int, default=defaults.heads)
+    parser.add_argument("--dropout", type=float, default=defaults.dropout)
+    parser.add_argument("--negatives", type=int, default=defaults.negatives,
+                        help="0: full softmax over all items; N: sampled softmax, N items a batch")
+    parser.add_argument("--normalize", action=argparse.BooleanOptionalAction,
+                        default=defaults.normalize, help="cosine scores / temperature")
+    parser.add_argument("--temperature", type=float, default=defaults.temperature)
+    parser.add_argument("--user-id", action=argparse.BooleanOptionalAction,
+                        default=defaults.use_user_id, help="user-id embedding in the query tower")
+    parser.add_argument("--item-attributes", action=argparse.BooleanOptionalAction,
+                        default=defaults.item_attributes,
+                        help="category and brand embeddings in the candidate tower")
+    parser.add_argument("--knn-neighbours", type=int, nargs="+", default=list(KNN_NEIGHBOURS),
+                        help="item-kNN neighbour counts tried on the validation items")
+    parser.add_argument("--seed", type=int, default=defaults.seed)
+    args = parser.parse_args(argv)
+    config = st.SequenceConfig(
+        max_length=args.max_length, embedding_dim=args.dim, blocks=args.blocks,
+        heads=args.heads, dropout=args.dropout, normalize=args.normalize,
+        temperature=args.temperature, use_user_id=args.user_id,
+        item_attributes=args.item_attributes, negatives=args.negatives,
+        batch_size=args.batch_size, learning_rate=args.learning_rate, epochs=args.epochs,
+        patience=args.patience, eval_every=args.eval_every,
+        time_budget_s=None if args.time_budget_min is None else args.time_budget_min * 60,
+        seed=args.seed)
+
+    def log(line: str) -> None:
+        print(line, flush=True)
+
+    data, interactions = load_data(args.data, args.item_attributes)
+    report: dict[str, object] = {
+        "benchmark": "retrieval quality on Amazon Beauty (leave-one-out, full ranking)",
+        "command": _command(sys.argv[1:] if argv is None else argv),
+        "machine": machine_info(),
+        "dataset": {
+            "name": "Amazon Beauty 5-core (S3-Rec preprocessing)",
+            "path": os.path.relpath(os.path.abspath(args.data), REPO),
+            "users": len(data.users), "items": data.n_items, "interactions": interactions,
+            "protocol": "leave-one-out: last item test, second-last validation, rest training; "
+                        "every item ranked, the items before the target excluded; "
+                        "validation for early stopping and model selection only",
+        },
+    }
+    report.update(run(data, config, args.knn_neighbours, log))
+    print(render_table(report))
+    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+    with open(args.out, "w", encoding="utf-8") as out:
+        json.dump(report, out, indent=2)
+        out.write("\n")
+    png = os.path.splitext(args.out)[0] + ".png"
+    plot(report, png)
+    print(f"wrote {args.out} and {png}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
