@@ -75,7 +75,9 @@ def test_first_run_executes_every_component_once_and_pushes(first_run, output_di
 
 def test_pushed_model_answers_known_and_unknown_users(first_run, output_dir):
     version = pushed_versions(output_dir)[0]
-    model = tf.saved_model.load(os.path.join(output_dir, "serving", MODEL_NAME, version))
+    model_dir = os.path.join(output_dir, "serving", MODEL_NAME, version)
+    assert os.path.exists(os.path.join(model_dir, "assets.extra", "tf_serving_warmup_requests"))
+    model = tf.saved_model.load(model_dir)
     catalogue = set(model.catalog_item_ids.numpy())
     with open(os.path.join(output_dir, "data", F.EVENTS_FILE)) as f:
         known_user = next(csv.DictReader(f))[F.USER_ID]
