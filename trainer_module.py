@@ -25,14 +25,15 @@ from shoprec import features  # noqa: E402
 from shoprec.config import TrainConfig  # noqa: E402
 from shoprec.model import export, two_tower  # noqa: E402
 
-_SNAPSHOT_COLUMNS = (features.USER_ID_FEATURE.transformed_name,
-                     features.AGE_GROUP_FEATURE.transformed_name,
+_SNAPSHOT_COLUMNS = (features.USER_ID, features.AGE_GROUP_FEATURE.transformed_name,
                      features.HISTORY_FEATURE.transformed_name,
                      features.ITEM_ID_FEATURE.transformed_name, features.TIMESTAMP)
 
 
-def vocabulary_sizes(tft_output: tft.TFTransformOutput) -> two_tower.VocabularySizes:
-    """Embedding table sizes: vocabulary + OOV buckets (+1 padding row for items)."""
+def vocabulary_sizes(tft_output: tft.TFTransformOutput,
+                     user_id_hash_buckets: int = 0) -> two_tower.VocabularySizes:
+    """Embedding table sizes: vocabulary + OOV buckets (+1 padding row for items); hashed user
+    ids take ``user_id_hash_buckets`` rows."""
 
     def rows(feature: features.Feature) -> int:
         name = features.ITEM_ID_VOCAB if feature is features.ITEM_ID_FEATURE else (
@@ -40,7 +41,8 @@ def vocabulary_sizes(tft_output: tft.TFTransformOutput) -> two_tower.VocabularyS
         return tft_output.vocabulary_size_by_name(name) + feature.oov_buckets
 
     return two_tower.VocabularySizes(
-        users=rows(features.USER_ID_FEATURE), age_groups=rows(features.AGE_GROUP_FEATURE),
+        users=user_id_hash_buckets or rows(features.USER_ID_FEATURE),
+        age_groups=rows(features.AGE_GROUP_FEATURE),
         items=rows(features.ITEM_ID_FEATURE) + 1, categories=rows(features.CATEGORY_FEATURE),
         brands=rows(features.BRAND_FEATURE))
 
@@ -61,10 +63,9 @@ def user_snapshot(columns: dict[str, np.ndarray], tft_output: tft.TFTransformOut
     Returns:
       ``(user_ids, age_groups, histories)``, each ``[users]``; histories are space-joined.
     """
-    users = columns[features.USER_ID_FEATURE.transformed_name]
+    user_names, users = np.unique(columns[features.USER_ID], return_inverse=True)
     latest = np.lexsort((columns[features.TIMESTAMP], users))
     last_rows = latest[np.r_[users[latest][1:] != users[latest][:-1], True]]
-    user_vocab = np.array(tft_output.vocabulary_by_name(f"{features.USER_ID}_vocab")).astype(str)
     age_vocab = np.array(
         tft_output.vocabulary_by_name(f"{features.AGE_GROUP}_vocab") + [b""]).astype(str)
     item_vocab = np.array([""] + [v.decode() for v in
@@ -74,7 +75,7 @@ def user_snapshot(columns: dict[str, np.ndarray], tft_output: tft.TFTransformOut
         indices = columns[features.HISTORY_FEATURE.transformed_name][row]
         indices = np.append(indices[indices > 0], columns[features.ITEM_ID_FEATURE.transformed_name][row])
         histories.append(export.join_history([item_vocab[i] for i in indices[-history_length:]]))
-    return (user_vocab[users[last_rows]],
+    return (np.array([name.decode() for name in user_names[users[last_rows]]], dtype=object),
             age_vocab[np.minimum(columns[features.AGE_GROUP_FEATURE.transformed_name][last_rows],
                                  len(age_vocab) - 1)],
             np.array(histories, dtype=object))
@@ -118,7 +119,7 @@ class _Inputs:
         self._fn_args = fn_args
         self.columns = read_columns(self.dataset(fn_args.train_files, shuffle=False),
                                     _SNAPSHOT_COLUMNS)
-        self.sizes = vocabulary_sizes(self.tft_output)
+        self.sizes = vocabulary_sizes(self.tft_output, self.config.user_id_hash_buckets)
         logging.info("vocabulary sizes %s; %d training examples", self.sizes,
                      len(self.columns[features.TIMESTAMP]))
         self.probability = None

@@ -7,7 +7,9 @@
 * ``history`` becomes a dense ``[batch, history_length]`` int64 matrix, most recent last,
   zero-padded on the right;
 * ``price`` becomes the z-score of ``log(price)``;
-* ``timestamp`` passes through unchanged, for ordering only;
+* ``timestamp`` and the raw ``user_id`` pass through unchanged, for the trainer's user snapshot;
+* with ``custom_config["user_id_hash_buckets"] > 0``, user ids are hashed into that many buckets
+  instead of getting a vocabulary (for very many users);
 * a feature listed in ``custom_config["disabled_features"]`` (an optional field the importer
   filled with a default) becomes a constant, so the towers get no signal from it.
 """
@@ -55,18 +57,27 @@ def preprocessing_fn(inputs: dict[str, tf.Tensor | tf.SparseTensor],
 
     Args:
       inputs: raw features, as parsed with the curated schema.
-      custom_config: ``{"history_length": N}`` from the pipeline (default SplitConfig's).
+      custom_config: ``history_length`` (default SplitConfig's), ``disabled_features`` and
+        ``user_id_hash_buckets``, from the pipeline.
     """
     history_length = int((custom_config or {}).get("history_length", HISTORY_LENGTH))
     disabled = set((custom_config or {}).get("disabled_features", ()))
+    user_id_hash_buckets = int((custom_config or {}).get("user_id_hash_buckets", 0))
     outputs: dict[str, tf.Tensor] = {}
     item_ids = _dense(inputs[features.ITEM_ID])
     item_vocabulary = tft.vocabulary(item_ids, vocab_filename=features.ITEM_ID_VOCAB)
     outputs[features.ITEM_ID_FEATURE.transformed_name] = item_index(item_ids, item_vocabulary)
     outputs[features.HISTORY_FEATURE.transformed_name] = history_matrix(
         inputs[features.HISTORY], item_vocabulary, history_length)
-    for feature in (features.USER_ID_FEATURE, features.AGE_GROUP_FEATURE,
-                    features.CATEGORY_FEATURE, features.BRAND_FEATURE):
+    user_ids = _dense(inputs[features.USER_ID])
+    outputs[features.USER_ID] = user_ids  # raw, for the trainer's user snapshot only
+    vocabulary_features = (features.USER_ID_FEATURE, features.AGE_GROUP_FEATURE,
+                           features.CATEGORY_FEATURE, features.BRAND_FEATURE)
+    if user_id_hash_buckets:  # very many users: a fixed-size hashed id instead of a vocabulary
+        outputs[features.USER_ID_FEATURE.transformed_name] = tf.strings.to_hash_bucket_fast(
+            user_ids, user_id_hash_buckets)
+        vocabulary_features = vocabulary_features[1:]
+    for feature in vocabulary_features:
         values = _dense(inputs[feature.name])
         if feature.name in disabled:  # one vocabulary entry: a constant index, no signal
             values = tf.fill(tf.shape(values), features.UNKNOWN)

@@ -78,7 +78,8 @@ def create_pipeline(
         examples=example_gen.outputs["examples"], schema=gate.outputs["validated_schema"],
         preprocessing_fn=PREPROCESSING_FN,
         custom_config={"history_length": split.history_length,
-                       "disabled_features": list(disabled_features)},
+                       "disabled_features": list(disabled_features),
+                       "user_id_hash_buckets": train.user_id_hash_buckets},
         # StatisticsGen already profiled the raw data; Transform's own pre/post statistics
         # would double the component's time for nothing the pipeline reads.
         disable_statistics=True)

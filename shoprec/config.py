@@ -54,8 +54,11 @@ class TrainConfig:
     logq_correction: bool = True
     pooling: str = "gru"  # mean | attention | gru; GRU won on the 100K shop (bench/results/pooling.json)
     top_k: int = 100  # items returned by the serving signature
+    user_id_hash_buckets: int = 0  # > 0: hash user ids into this many buckets, no vocabulary
 
     def __post_init__(self) -> None:
+        if self.user_id_hash_buckets < 0:
+            raise ValueError(f"user_id_hash_buckets must be >= 0, got {self.user_id_hash_buckets}")
         for name in ("epochs", "batch_size", "embedding_dim", "top_k"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")

@@ -204,8 +204,9 @@ def test_real_rees46_logs_run_through_the_pipeline(tmp_path):
 
 
 def test_tuner_feeds_its_best_hyper_parameters_to_the_trainer(tmp_path):
+    # Also the hashed-user-id option, which this run exercises end to end.
     summary = run(str(tmp_path / "tuned"), *BELOW_POPULARITY_OK, "--epochs", "1",
-                  "--tuner_trials", "2")
+                  "--tuner_trials", "2", "--user_id_hash_buckets", "64")
     assert summary["components"]["Tuner"]["state"] == "COMPLETE"
     store = run_summary.open_store(str(tmp_path / "tuned" / "metadata.sqlite"))
     [best] = store.get_artifacts_by_type("HyperParameters")

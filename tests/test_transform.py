@@ -1,7 +1,7 @@
 """preprocessing_fn through tf.Transform's Beam implementation, with exact expected outputs."""
 
+import functools
 import math
-import os
 
 import numpy as np
 import pytest
@@ -49,11 +49,17 @@ def transformed(tmp_path_factory):
             transform_module.preprocessing_fn, output_record_batches=False)
         serving_out, _ = ((serving, metadata), transform_fn) | tft_beam.TransformDataset(
             output_record_batches=False)
-    return train, train_out, serving_out, long_history
+    with tft_beam.Context(temp_dir=str(tmp_path_factory.mktemp("tft_hash"))):
+        (hashed_out, _), _ = (train[:2] + serving[:1], metadata) | tft_beam.AnalyzeAndTransformDataset(
+            functools.partial(transform_module.preprocessing_fn,
+                              custom_config={"user_id_hash_buckets": 7,
+                                             "disabled_features": [F.BRAND]}),
+            output_record_batches=False)
+    return train, train_out, serving_out, long_history, hashed_out
 
 
 def test_item_ids_and_history_share_the_shifted_vocabulary(transformed):
-    _, out, _, _ = transformed
+    _, out, _, _, _ = transformed
     item = F.ITEM_ID_FEATURE.transformed_name
     history = F.HISTORY_FEATURE.transformed_name
     assert [r[item] for r in out] == [1, 1, 1, 2, 2, 3]  # 0 is padding, so i1 -> 1
@@ -65,7 +71,7 @@ def test_item_ids_and_history_share_the_shifted_vocabulary(transformed):
 
 
 def test_unknown_values_get_the_oov_bucket(transformed):
-    _, _, serving_out, _ = transformed
+    _, _, serving_out, _, _ = transformed
     stranger = serving_out[0]
     assert stranger[F.USER_ID_FEATURE.transformed_name] == 3  # vocabulary u1, u2, u3
     assert stranger[F.ITEM_ID_FEATURE.transformed_name] == 4
@@ -76,16 +82,26 @@ def test_unknown_values_get_the_oov_bucket(transformed):
 
 
 def test_long_history_keeps_the_most_recent_items(transformed):
-    _, _, serving_out, long_history = transformed
+    _, _, serving_out, long_history, _ = transformed
     n = transform_module.HISTORY_LENGTH
     expected = [int(h[1:]) for h in long_history[-n:]]  # i1 -> 1, i2 -> 2, i3 -> 3
     assert list(serving_out[1][F.HISTORY_FEATURE.transformed_name]) == expected
 
 
 def test_price_is_the_z_score_of_its_log(transformed):
-    train, out, _, _ = transformed
+    train, out, _, _, _ = transformed
     logs = np.log([r[F.PRICE][0] for r in train])
     expected = (logs - logs.mean()) / logs.std()
     got = [r[F.PRICE_FEATURE.transformed_name] for r in out]
     np.testing.assert_allclose(got, expected, rtol=1e-4)
     assert math.isclose(float(np.mean(got)), 0.0, abs_tol=1e-5)
+
+
+def test_hashed_user_ids_and_disabled_features(transformed):
+    _, _, _, _, hashed_out = transformed
+    users = [b"u1", b"u1", b"stranger"]
+    expected = tf.strings.to_hash_bucket_fast(users, 7).numpy()
+    assert [r[F.USER_ID_FEATURE.transformed_name] for r in hashed_out] == list(expected)
+    assert [r[F.USER_ID] for r in hashed_out] == users  # raw ids pass through
+    # brand is disabled: every row gets the same index, whatever its brand was
+    assert len({r[F.BRAND_FEATURE.transformed_name] for r in hashed_out}) == 1
