@@ -34,12 +34,16 @@ def run_once(events: int, output_dir: str) -> dict[str, object]:
                "--events", str(events)]
     env = dict(os.environ, TF_USE_LEGACY_KERAS="1")
     began = time.perf_counter()
+    cpu_before = resource.getrusage(resource.RUSAGE_CHILDREN)
     log_path = os.path.join(output_dir, "runner.log")
     with open(log_path, "w") as log:
         finished = subprocess.run(command, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
     if finished.returncode != 0:
         raise RuntimeError(f"the pipeline failed on {events:,} events; its log: {log_path}")
     wall = time.perf_counter() - began
+    cpu_after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu_seconds = (cpu_after.ru_utime - cpu_before.ru_utime) + (cpu_after.ru_stime
+                                                                 - cpu_before.ru_stime)
     with open(os.path.join(output_dir, "run_summary.json")) as f:
         summary = json.load(f)
     model, popularity = (summary["metrics"]["model"]["all"],
@@ -47,6 +51,9 @@ def run_once(events: int, output_dir: str) -> dict[str, object]:
     return {
         "users": ShopConfig.users, "items": ShopConfig.items, "events": events,
         "wall_seconds_with_imports": round(wall, 1),
+        # CPU time barely moves when other jobs share the machine; wall time does.
+        "cpu_seconds": round(cpu_seconds, 1),
+        "load_average_1min_at_end": round(os.getloadavg()[0], 2),
         "peak_rss_gib": round(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 2**20, 2),
         "component_seconds": {n: c["seconds"] for n, c in summary["components"].items()},
         "ndcg@10": {"model": model["ndcg@10"], "popularity": popularity["ndcg@10"]},

@@ -466,18 +466,17 @@ class TwoTowerModel(tfrs.models.Model):
                                                                                         [-1])
         targets = tf.cast(targets, tf.int32)
         items = self.item_embeddings(training)
+        queries = queries / self.temperature  # [T, D] rather than dividing [T, items] logits
+        positive = tf.reduce_sum(queries * tf.gather(items, targets), axis=1)
         if self.loss_name == "full_softmax":
-            logits = tf.matmul(queries, items, transpose_b=True) / self.temperature
-            padding = tf.one_hot(0, tf.shape(logits)[1], on_value=-1e9, off_value=0.0)
-            return tf.reduce_mean(tf.nn.sparse_softmax_cross_entropy_with_logits(
-                targets, logits + padding[tf.newaxis]))
-        sampled = tf.random.uniform([self.negatives], 1, tf.shape(items)[0], tf.int32)
-        positive = tf.reduce_sum(queries * tf.gather(items, targets), axis=1, keepdims=True)
-        negative = tf.matmul(queries, tf.gather(items, sampled), transpose_b=True)
-        negative += tf.where(sampled[tf.newaxis] == targets[:, tf.newaxis], -1e9, 0.0)
-        logits = tf.concat([positive, negative], axis=1) / self.temperature
-        return tf.reduce_mean(tf.nn.sparse_softmax_cross_entropy_with_logits(
-            tf.zeros_like(targets), logits))
+            # Every item but row 0 (the padding) is a class; the positive is among them.
+            logits = tf.matmul(queries, items[1:], transpose_b=True)
+        else:
+            sampled = tf.random.uniform([self.negatives], 1, tf.shape(items)[0], tf.int32)
+            negative = tf.matmul(queries, tf.gather(items, sampled), transpose_b=True)
+            negative += tf.where(sampled[tf.newaxis] == targets[:, tf.newaxis], -1e9, 0.0)
+            logits = tf.concat([positive[:, tf.newaxis], negative], axis=1)
+        return tf.reduce_mean(tf.reduce_logsumexp(logits, axis=1) - positive)
 
 
 def _catalogue_tensors(catalogue: dict[str, np.ndarray], items: int) -> dict[str, tf.Tensor]:
