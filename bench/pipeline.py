@@ -22,7 +22,7 @@ import time
 from typing import Sequence
 
 from bench.generate import machine_info
-from shoprec.config import ShopConfig
+from shoprec.config import ShopConfig, TrainConfig
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEFAULT_OUT = os.path.join(REPO, "bench", "results", "pipeline.json")
@@ -59,6 +59,7 @@ def run_once(events: int, output_dir: str) -> dict[str, object]:
         "ndcg@10": {"model": model["ndcg@10"], "popularity": popularity["ndcg@10"]},
         "recall@10": {"model": model["recall@10"], "popularity": popularity["recall@10"]},
         "blessed": summary["blessed"],
+        "pooling": TrainConfig.pooling,
         "command": " ".join(["python"] + command[1:3] + ["--output_dir", "OUT"] + command[5:]),
     }
 
@@ -77,6 +78,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         shutil.rmtree(output_dir)  # kept, with its log, when the run fails
         results.append(result)
         print(json.dumps(result), flush=True)
+    if os.path.exists(args.out):  # keep the recorded sizes this invocation did not rerun
+        with open(args.out) as f:
+            kept = [r for r in json.load(f)["results"] if r["events"] not in args.sizes]
+        results = sorted(kept + results, key=lambda r: r["events"])
     report = {"benchmark": "pipeline", "machine": machine_info(),
               "command": "python -m bench.pipeline " + " ".join(argv or sys.argv[1:]),
               "note": "peak RSS is the largest of the runs so far (RUSAGE_CHILDREN)",

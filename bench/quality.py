@@ -163,7 +163,7 @@ def run(data: st.SequenceData, config: st.SequenceConfig,
         f"{result.best_epoch}, stopped by {result.stopped_by}); evaluating on the test items")
     scorer = st.model_scorer(result.model, config.max_length)
     test = dict(base["test"], two_tower=st.evaluate(scorer, data.test_histories(), data.test,
-                                                    data.n_items))
+                                                    data.n_items, shortlist=True))
     valid = dict(base["valid"], two_tower=result.best_valid)
     ours = test["two_tower"]
     sasrec, duorec = PUBLISHED["SASRec"], PUBLISHED["DuoRec"]

@@ -259,19 +259,46 @@ def _inference_function(model: two_tower.TwoTowerModel) -> Callable:
 
 
 def model_scorer(model: two_tower.TwoTowerModel, max_length: int
-                 ) -> Callable[[Sequence[np.ndarray], np.ndarray], np.ndarray]:
+                 ) -> Callable[[Sequence[np.ndarray], np.ndarray], tf.Tensor]:
     """``score(histories, user_rows) -> [users, items]`` dot products with every catalogue row."""
-    items = model.item_embeddings(training=False).numpy()[1:]
+    items = tf.constant(model.item_embeddings(training=False).numpy()[1:])
 
-    def score(histories: Sequence[np.ndarray], user_rows: np.ndarray) -> np.ndarray:
-        return query_embeddings(model, histories, max_length, user_rows) @ items.T
+    def score(histories: Sequence[np.ndarray], user_rows: np.ndarray) -> tf.Tensor:
+        queries = query_embeddings(model, histories, max_length, user_rows)
+        return tf.matmul(queries, items, transpose_b=True)
 
     return score
 
 
-def evaluate(score: Callable[[Sequence[np.ndarray], np.ndarray], np.ndarray],
+def ranked_unseen(scores: np.ndarray | tf.Tensor, seen: Sequence[np.ndarray],
+                  k: int) -> np.ndarray:
+    """:func:`shoprec.model.metrics.top_k_unseen` of ``scores``, computed on a shortlist.
+
+    The ``k + max |seen|`` best items of each row always hold that row's ``k`` best unseen
+    items, so ``tf.math.top_k`` picks those columns and ``top_k_unseen`` ranks them (minus the
+    seen ones): about 10x faster than ranking all the columns with NumPy. When a row's scores
+    are distinct (as a model's float scores are) the result is identical; at tied scores either
+    way picks one of the tied items, so baselines with integer-like scores use ``top_k_unseen``
+    directly.
+
+    Args:
+      scores: ``[users, items]`` (NumPy or TensorFlow).
+      seen: per user, the item rows to exclude.
+      k: list length.
+    """
+    items = int(scores.shape[1])
+    width = min(items, k + max((len(s) for s in seen), default=0))
+    shortlist = tf.math.top_k(tf.convert_to_tensor(scores), width)
+    values, columns = shortlist.values.numpy(), shortlist.indices.numpy()
+    seen_columns = [np.flatnonzero(np.isin(row, excluded))
+                    for row, excluded in zip(columns, seen)]
+    ranked = metrics_lib.top_k_unseen(values, seen_columns, min(k, items))
+    return np.take_along_axis(columns, ranked, axis=1)
+
+
+def evaluate(score: Callable[[Sequence[np.ndarray], np.ndarray], np.ndarray | tf.Tensor],
              histories: Sequence[np.ndarray], targets: np.ndarray, n_items: int,
-             ks: Sequence[int] = KS) -> dict[str, float]:
+             ks: Sequence[int] = KS, shortlist: bool = False) -> dict[str, float]:
     """Full-ranking metrics of one leave-one-out target per user.
 
     Args:
@@ -280,17 +307,21 @@ def evaluate(score: Callable[[Sequence[np.ndarray], np.ndarray], np.ndarray],
       targets: ``[users]`` the target's item index; users with 0 are skipped.
       n_items: catalogue size.
       ks: cut-offs.
+      shortlist: rank with :func:`ranked_unseen` (for distinct scores) instead of
+        :func:`shoprec.model.metrics.top_k_unseen`.
 
     Returns:
       :func:`shoprec.model.metrics.retrieval_metrics` (hitrate@K, ndcg@K, ... and ``users``).
     """
     users = np.flatnonzero(targets)
+    rank = ranked_unseen if shortlist else metrics_lib.top_k_unseen
     ranked = []
     for chunk in _chunks(users, _EVAL_USERS_PER_CHUNK):
         chunk_histories = [histories[u] for u in chunk]
         scores = score(chunk_histories, chunk)
-        ranked.append(metrics_lib.top_k_unseen(scores, [h - 1 for h in chunk_histories],
-                                               max(ks)))
+        if not shortlist:
+            scores = np.asarray(scores)
+        ranked.append(rank(scores, [h - 1 for h in chunk_histories], max(ks)))
     relevant = [np.array([t - 1]) for t in targets[users]]
     return metrics_lib.retrieval_metrics(np.concatenate(ranked), relevant, ks, n_items)
 
@@ -353,12 +384,15 @@ def train(data: SequenceData, config: SequenceConfig,
     stale, epoch, stopped_by = 0, 0, "epochs"
     for epoch in range(1, config.epochs + 1):
         step_began = time.perf_counter()
-        loss = model.fit(dataset, epochs=1, verbose=0).history["loss"][-1]
+        batch_losses: list[float] = []
+        model.fit(dataset, epochs=1, verbose=0, callbacks=[tf.keras.callbacks.LambdaCallback(
+            on_train_batch_end=lambda batch, logs: batch_losses.append(float(logs["loss"])))])
+        loss = float(np.mean(batch_losses))  # Keras reports the last batch's loss only
         train_seconds += time.perf_counter() - step_began
         if epoch % config.eval_every == 0 or epoch == config.epochs:
             valid_began = time.perf_counter()
             valid = evaluate(model_scorer(model, config.max_length), histories, targets,
-                             data.n_items)
+                             data.n_items, shortlist=True)
             valid_seconds += time.perf_counter() - valid_began
             elapsed = time.perf_counter() - began
             history.append({"epoch": epoch, "loss": round(float(loss), 4),
