@@ -31,6 +31,7 @@ import dataclasses
 import json
 import os
 import random
+import resource
 import subprocess
 import sys
 import tempfile
@@ -74,7 +75,7 @@ def _wait_for(url: str, process: subprocess.Popen, log_path: str, ready: str | N
 
 @contextlib.contextmanager
 def running(command: list[str], log_path: str, ready_url: str, ready_text: str | None = None,
-            niceness: int = 0) -> Iterator[None]:
+            niceness: int = 0) -> Iterator[subprocess.Popen]:
     """Runs ``command`` from the repository root until the block ends (SIGTERM, then SIGKILL)."""
     env = dict(os.environ, TF_USE_LEGACY_KERAS="1", TF_CPP_MIN_LOG_LEVEL="2")
     with open(log_path, "wb") as log:
@@ -82,7 +83,7 @@ def running(command: list[str], log_path: str, ready_url: str, ready_text: str |
                                    preexec_fn=(lambda: os.nice(niceness)) if niceness else None)
     try:
         _wait_for(ready_url, process, log_path, ready_text)
-        yield
+        yield process
     finally:
         process.terminate()
         try:
@@ -160,6 +161,16 @@ def drive(port: int, bodies: Sequence[bytes], concurrency: int, seconds: float) 
     return asyncio.run(_drive("127.0.0.1", port, bodies, concurrency, seconds))
 
 
+def cpu_seconds(pid: int | None = None) -> float:
+    """User + system CPU time of a process (default: this one), from /proc."""
+    if pid is None:
+        usage = resource.getrusage(resource.RUSAGE_SELF)
+        return usage.ru_utime + usage.ru_stime
+    with open(f"/proc/{pid}/stat", encoding="ascii") as stat:
+        fields = stat.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def summarise(result: LoadResult, concurrency: int) -> dict[str, float | int]:
     """p50/p90/p99/mean latency in ms, QPS, request and failure counts."""
     latencies = np.asarray(result.latencies) * 1e3
@@ -212,12 +223,19 @@ def latency(args: argparse.Namespace) -> dict[str, object]:
     if args.nice:
         os.nice(args.nice)  # the load generator; the servers get the same below
     with running(model_server, os.path.join(work, "model_server.log"), model_ready_url(rest_port), "AVAILABLE",
-                 args.nice):
+                 args.nice) as model_process:
         with running(service, os.path.join(work, "service.log"), f"http://127.0.0.1:{api_port}/healthz", '"ok"',
-                     args.nice):
+                     args.nice) as service_process:
             drive(api_port, bodies, 4, args.warmup_seconds)
+            processes = {"service": service_process.pid, "model_server": model_process.pid, "load_generator": None}
             for concurrency in args.concurrency:
-                summary = summarise(drive(api_port, bodies, concurrency, args.seconds), concurrency)
+                before = {name: cpu_seconds(pid) for name, pid in processes.items()}
+                load = drive(api_port, bodies, concurrency, args.seconds)
+                summary = summarise(load, concurrency)
+                # CPU per request does not depend on other work on the machine: capacity = cores / total.
+                summary["cpu_ms_per_request"] = {
+                    name: round((cpu_seconds(pid) - before[name]) / max(len(load.latencies), 1) * 1e3, 3)
+                    for name, pid in processes.items()}
                 results.append(summary)
                 print(json.dumps(summary), flush=True)
             health = requests.get(f"http://127.0.0.1:{api_port}/healthz", timeout=5).json()

@@ -4,10 +4,13 @@ import json
 
 import numpy as np
 import pytest
+import tensorflow as tf
 
 from bench import quality
 from shoprec.data import importer
+from shoprec.model import metrics
 from shoprec.model import sequence_training as st
+from shoprec.model import two_tower
 
 N_ITEMS = 60
 
@@ -55,6 +58,30 @@ def test_length_batches_cover_every_example_once_and_cut_padding():
     for batch in batches:
         assert batch["history_xf"].shape[1] == lengths[batch["user_id_xf"]].max()
         np.testing.assert_array_equal(batch["history_xf"][:, 0], batch["user_id_xf"] + 1)
+
+
+def test_shortlist_ranking_equals_top_k_unseen_for_distinct_scores():
+    rng = np.random.default_rng(3)
+    for _ in range(10):
+        items, users = rng.integers(25, 200), rng.integers(1, 40)
+        scores = rng.standard_normal((users, items))
+        seen = [rng.choice(items, rng.integers(0, 15), replace=False) for _ in range(users)]
+        np.testing.assert_array_equal(st.ranked_unseen(scores, seen, 10),
+                                      metrics.top_k_unseen(scores, seen, 10))
+
+
+@pytest.mark.parametrize("pooling", two_tower.POOLINGS)
+def test_every_position_of_the_sequence_output_is_the_query_of_that_prefix(pooling):
+    tf.keras.utils.set_random_seed(0)
+    layer = two_tower.make_pooling(pooling, 6, 8, heads=2, blocks=2, norm_first=True)
+    embeddings = tf.random.stateless_normal([3, 6, 8], seed=[4, 2])
+    indices = np.array([[3, 4, 5, 0, 0, 0], [1, 2, 3, 4, 5, 6], [7, 0, 0, 0, 0, 0]])
+    sequence = layer.sequence(embeddings, tf.constant(indices)).numpy()
+    for end in range(1, 7):
+        prefix = np.where(np.arange(6) < end, indices, 0)
+        pooled = layer(embeddings, tf.constant(prefix)).numpy()
+        rows = indices[:, end - 1] > 0
+        np.testing.assert_allclose(sequence[rows, end - 1], pooled[rows], atol=1e-5)
 
 
 @pytest.mark.parametrize("negatives", [0, 20])
