@@ -82,7 +82,7 @@ class ServiceSettings:
     history_length: int = config.SplitConfig.history_length
     store: StoreSettings = StoreSettings()
     model_poll_seconds: float = 10.0
-    model_timeout_seconds: float = 2.0
+    model_timeout_seconds: float = 0.5
     max_batch_events: int = DEFAULT_MAX_BATCH_EVENTS
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
 

@@ -120,12 +120,18 @@ class ModelGateway:
         return served
 
     def current(self) -> ServedModel:
-        """The version in use, refreshing first when there is none yet.
+        """The version in use.
+
+        Without one (the server was down at the last poll), requests fail fast instead of each
+        waiting for a server that may hang: the poller brings the model back.
 
         Raises:
           ModelUnavailableError: no version is available.
         """
-        return self._served or self._refreshed()
+        served = self._served
+        if served is None:
+            raise ModelUnavailableError("no model version is available (the model server is polled for one)")
+        return served
 
     def top_k(self, user_id: str, history: Sequence[str]) -> tuple[list[str], np.ndarray, int]:
         """Runs ``recommend_with_history`` for one user.

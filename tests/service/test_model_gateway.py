@@ -45,6 +45,9 @@ def test_pins_versions_and_follows_the_server() -> None:
     client = ScriptedClient()
     gateway = ModelGateway(client, np.array(["i0", "i1", "i2"]), history_length=4,  # type: ignore[arg-type]
                            embedding_batch_size=2)
+    with pytest.raises(ModelUnavailableError, match="no model version"):
+        gateway.top_k("u1", [])  # before the first refresh: fail fast
+    assert gateway.refresh().version == 1
     item_ids, scores, version = gateway.top_k("u1", ["a", "b"])
     assert (item_ids, scores.tolist(), version) == (["i1", "i0"], [0.5, 0.25], 1)
     signature, pinned, inputs = client.calls[-1]
@@ -72,10 +75,15 @@ def test_unavailable_model() -> None:
     client = ScriptedClient()
     client.down = True
     gateway = ModelGateway(client, np.array(["i0"]))  # type: ignore[arg-type]
-    with pytest.raises(ModelUnavailableError, match="UNAVAILABLE"):
-        gateway.top_k("u1", [])
+    with pytest.raises(ModelServerError):
+        gateway.refresh()
     client.down, client.available = False, []
-    with pytest.raises(ModelUnavailableError, match="no AVAILABLE version"):
+    assert gateway.refresh() is None
+    with pytest.raises(ModelUnavailableError):
         gateway.current()
     client.available = [5]
+    gateway.refresh()
     assert gateway.current().version == 5
+    client.available = []  # unloaded, nothing else: NOT_FOUND, then nothing to switch to
+    with pytest.raises(ModelUnavailableError, match="no AVAILABLE version"):
+        gateway.top_k("u1", [])
