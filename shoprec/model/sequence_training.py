@@ -56,8 +56,8 @@ class SequenceConfig:
       epochs: most passes over the training sequences.
       patience: stop after this many validations without a better ``SELECTION_METRIC``.
       eval_every: validate every this many epochs.
-      time_budget_s: stop after the epoch that passes this much wall time (training plus
-        validation); ``None``: no limit.
+      time_budget_s: stop when another epoch and validation would pass this much wall time
+        (model building, training and validation); ``None``: no limit.
       seed: seeds weights, dropout and shuffling.
     """
 
@@ -363,8 +363,10 @@ def train(data: SequenceData, config: SequenceConfig,
     """Trains on the training sequences, validating on the validation targets every epoch.
 
     Keeps the weights of the epoch with the best validation ``SELECTION_METRIC`` and stops after
-    ``config.patience`` validations without improvement, ``config.epochs`` epochs, or past
-    ``config.time_budget_s``. The test targets are not read.
+    ``config.patience`` validations without improvement, after ``config.epochs`` epochs, or
+    when one more epoch and validation (timed as the last ones) would pass
+    ``config.time_budget_s`` (that epoch is validated before stopping). The test targets are
+    not read.
     """
     began = time.perf_counter()
     tf.keras.utils.set_random_seed(config.seed)
@@ -381,40 +383,45 @@ def train(data: SequenceData, config: SequenceConfig,
     best, best_weights, best_epoch, best_valid = -np.inf, None, 0, {}
     history: list[dict[str, float]] = []
     train_seconds = valid_seconds = 0.0
-    stale, epoch, stopped_by = 0, 0, "epochs"
+    stale, epoch, stopped_by, last_valid_s = 0, 0, "epochs", 0.0
     for epoch in range(1, config.epochs + 1):
         step_began = time.perf_counter()
         batch_losses: list[float] = []
         model.fit(dataset, epochs=1, verbose=0, callbacks=[tf.keras.callbacks.LambdaCallback(
             on_train_batch_end=lambda batch, logs: batch_losses.append(float(logs["loss"])))])
         loss = float(np.mean(batch_losses))  # Keras reports the last batch's loss only
-        train_seconds += time.perf_counter() - step_began
-        if epoch % config.eval_every == 0 or epoch == config.epochs:
-            valid_began = time.perf_counter()
-            valid = evaluate(model_scorer(model, config.max_length), histories, targets,
-                             data.n_items, shortlist=True)
-            valid_seconds += time.perf_counter() - valid_began
-            elapsed = time.perf_counter() - began
-            history.append({"epoch": epoch, "loss": round(float(loss), 4),
-                            "hitrate@10": round(valid["hitrate@10"], 4),
-                            "ndcg@10": round(valid["ndcg@10"], 4),
-                            "elapsed_s": round(elapsed, 1)})
-            improved = valid[SELECTION_METRIC] > best
-            if improved:
-                best, best_epoch, best_valid = valid[SELECTION_METRIC], epoch, valid
-                best_weights, stale = model.get_weights(), 0
-            else:
-                stale += 1
+        epoch_s = time.perf_counter() - step_began
+        train_seconds += epoch_s
+        # Out of time if another epoch and a validation would pass the budget.
+        out_of_time = (config.time_budget_s is not None and time.perf_counter() - began
+                       + epoch_s + last_valid_s > config.time_budget_s)
+        if epoch % config.eval_every and epoch != config.epochs and not out_of_time:
             if log:
-                log(f"epoch {epoch:3d}  loss {loss:.4f}  valid HR@10 {valid['hitrate@10']:.4f}  "
-                    f"NDCG@10 {valid['ndcg@10']:.4f}{'  *' if improved else ''}  "
-                    f"[{elapsed / 60:.1f} min]")
-            if stale >= config.patience:
-                stopped_by = "patience"
-                break
-        elif log:
-            log(f"epoch {epoch:3d}  loss {loss:.4f}")
-        if config.time_budget_s is not None and time.perf_counter() - began > config.time_budget_s:
+                log(f"epoch {epoch:3d}  loss {loss:.4f}  [{epoch_s:.0f} s]")
+            continue
+        valid_began = time.perf_counter()
+        valid = evaluate(model_scorer(model, config.max_length), histories, targets,
+                         data.n_items, shortlist=True)
+        last_valid_s = time.perf_counter() - valid_began
+        valid_seconds += last_valid_s
+        elapsed = time.perf_counter() - began
+        history.append({"epoch": epoch, "loss": round(loss, 4),
+                        "hitrate@10": round(valid["hitrate@10"], 4),
+                        "ndcg@10": round(valid["ndcg@10"], 4), "elapsed_s": round(elapsed, 1)})
+        improved = valid[SELECTION_METRIC] > best
+        if improved:
+            best, best_epoch, best_valid = valid[SELECTION_METRIC], epoch, valid
+            best_weights, stale = model.get_weights(), 0
+        else:
+            stale += 1
+        if log:
+            log(f"epoch {epoch:3d}  loss {loss:.4f}  [{epoch_s:.0f} s]  valid HR@10 "
+                f"{valid['hitrate@10']:.4f}  NDCG@10 {valid['ndcg@10']:.4f}"
+                f"{'  *' if improved else ''}  [{elapsed / 60:.1f} min]")
+        if stale >= config.patience:
+            stopped_by = "patience"
+            break
+        if out_of_time and epoch != config.epochs:
             stopped_by = "time_budget"
             break
     if best_weights is not None:

@@ -310,7 +310,11 @@ class QueryTower(tf.keras.Model):
         parts = [tf.broadcast_to(layer(inputs[name])[:, tf.newaxis, :],
                                  tf.concat([tf.shape(pooled)[:2], [layer.output_dim]], 0))
                  for name, layer in self.embeddings.items()]
-        return self.mlp(tf.concat(parts + [pooled], axis=2), training=training)
+        merged = tf.concat(parts + [pooled], axis=2)
+        shape = tf.shape(merged)
+        # The head sees [batch * length, features]: UnitNormalization fixes its axis when built.
+        flat = self.mlp(tf.reshape(merged, [-1, merged.shape[-1]]), training=training)
+        return tf.reshape(flat, tf.concat([shape[:2], tf.shape(flat)[1:]], axis=0))
 
 
 class CandidateTower(tf.keras.Model):
