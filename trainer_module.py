@@ -23,7 +23,7 @@ from tfx_bsl.public import tfxio  # noqa: E402
 
 from shoprec import features  # noqa: E402
 from shoprec.config import TrainConfig  # noqa: E402
-from shoprec.model import export, two_tower  # noqa: E402
+from shoprec.model import export, scann_index, two_tower  # noqa: E402
 
 _SNAPSHOT_COLUMNS = (features.USER_ID, features.AGE_GROUP_FEATURE.transformed_name,
                      features.HISTORY_FEATURE.transformed_name,
@@ -176,7 +176,8 @@ def run_fn(fn_args: tfx.components.FnArgs) -> None:
     module = export.RetrievalServingModule(
         tft_output.transform_features_layer(), model.query_tower, model.candidate_tower,
         read_catalogue(fn_args.custom_config["items_path"]), user_ids, age_groups, histories,
-        top_k=config.top_k)
+        top_k=config.top_k,
+        scann=scann_index.ScannConfig() if config.retrieval_index == "scann" else None)
     module.save(fn_args.serving_model_dir)
     logging.info("exported %d catalogue items to %s", module.catalog_item_ids.shape[0],
                  fn_args.serving_model_dir)

@@ -43,6 +43,7 @@ DEFAULT_OUT = os.path.join(REPO, "bench", "results", "quality.json")
 TRAINING_LIMIT_S = 15 * 60
 DEFAULT_BUDGET_MIN = 14.0  # training stops in time for the 15-minute limit
 KNN_NEIGHBOURS = (50, 200, 500, 1000)
+ALS_FACTORS = (32, 64, 128)
 
 # Full-ranking HR@10 / NDCG@10 on this data and protocol, as published (S3-Rec, CIKM 2020;
 # ICLRec, WWW 2022; DuoRec, WSDM 2022).
@@ -55,9 +56,9 @@ PUBLISHED: dict[str, dict[str, float]] = {
     "ICLRec": {"hitrate@10": 0.0744, "ndcg@10": 0.0403},
     "DuoRec": {"hitrate@10": 0.0825, "ndcg@10": 0.0425},
 }
-OURS = ("two_tower", "popularity", "item_knn")
+OURS = ("two_tower", "popularity", "item_knn", "als")
 LABELS = {"two_tower": "two-tower (ours)", "popularity": "popularity (ours)",
-          "item_knn": "item-kNN (ours)"}
+          "item_knn": "item-kNN (ours)", "als": "ALS (ours)"}
 REPORTED = tuple(f"{m}@{k}" for m in ("hitrate", "ndcg") for k in st.KS)
 
 Scorer = Callable[[Sequence[np.ndarray], np.ndarray], np.ndarray]
@@ -109,9 +110,19 @@ def knn_scorer(fit: Sequence[np.ndarray], n_items: int, neighbours: int) -> Scor
     return lambda chunk, rows: knn.scores([h - 1 for h in chunk])
 
 
+def als_scorer(fit: Sequence[np.ndarray], n_items: int, factors: int) -> Scorer:
+    """ALS (``implicit``) fitted on the ``fit`` sequences, scoring each user from their history."""
+    users, items = _interactions(fit)
+    als = baselines.ALS(users, items, n_items, factors=factors)
+    return lambda chunk, rows: als.scores([h - 1 for h in chunk])
+
+
 def evaluate_baselines(data: st.SequenceData, neighbours: Sequence[int],
-                       log: Callable[[str], None]) -> dict[str, object]:
-    """Validation and test metrics of popularity and item-kNN (neighbours chosen on validation).
+                       log: Callable[[str], None],
+                       als_factors: Sequence[int] = ALS_FACTORS) -> dict[str, object]:
+    """Validation and test metrics of popularity, item-kNN and ALS.
+
+    Item-kNN's neighbour count and ALS's factor count are chosen on the validation items.
 
     Both are fitted on the training items, like the model. For reference, item-kNN is also
     refitted on the training and validation items for the test (``item_knn_refit``), which
@@ -135,6 +146,18 @@ def evaluate_baselines(data: st.SequenceData, neighbours: Sequence[int],
     results["item_knn_neighbours"] = best
     results["item_knn_valid_by_neighbours"] = {
         str(k): _rounded(m, ("hitrate@10", "ndcg@10")) for k, m in by_neighbours.items()}
+    by_factors, als_scorers = {}, {}
+    for factors in als_factors:
+        als_scorers[factors] = als_scorer(data.train, n, factors)
+        by_factors[factors] = st.evaluate(als_scorers[factors], valid_h, data.valid, n)
+        log(f"ALS, {factors} factors: valid HR@10 {by_factors[factors]['hitrate@10']:.4f}  "
+            f"NDCG@10 {by_factors[factors]['ndcg@10']:.4f}")
+    best = max(by_factors, key=lambda k: by_factors[k][st.SELECTION_METRIC])
+    results["valid"]["als"] = by_factors[best]
+    results["test"]["als"] = st.evaluate(als_scorers[best], test_h, data.test, n)
+    results["als_factors"] = best
+    results["als_valid_by_factors"] = {
+        str(k): _rounded(m, ("hitrate@10", "ndcg@10")) for k, m in by_factors.items()}
     return results
 
 
@@ -147,7 +170,8 @@ def _rounded(metrics: dict[str, float], names: Sequence[str] = REPORTED) -> dict
 
 def run(data: st.SequenceData, config: st.SequenceConfig,
         knn_neighbours: Sequence[int] = KNN_NEIGHBOURS,
-        log: Callable[[str], None] = print) -> dict[str, object]:
+        log: Callable[[str], None] = print,
+        als_factors: Sequence[int] = ALS_FACTORS) -> dict[str, object]:
     """Trains and evaluates the two-tower model and the baselines on ``data``.
 
     Returns:
@@ -156,7 +180,7 @@ def run(data: st.SequenceData, config: st.SequenceConfig,
     """
     log(f"baselines on {len(data.users):,} users, {data.n_items:,} items")
     began = time.perf_counter()
-    base = evaluate_baselines(data, knn_neighbours, log)
+    base = evaluate_baselines(data, knn_neighbours, log, als_factors)
     baseline_seconds = time.perf_counter() - began
     log(f"training the two-tower model ({config})")
     result = st.train(data, config, log=log)
@@ -198,6 +222,8 @@ def run(data: st.SequenceData, config: st.SequenceConfig,
                                    "from everything before the target",
                       "item_knn_neighbours": base["item_knn_neighbours"],
                       "item_knn_valid_by_neighbours": base["item_knn_valid_by_neighbours"],
+                      "als_factors": base["als_factors"],
+                      "als_valid_by_factors": base["als_valid_by_factors"],
                       "item_knn_refit_test": _rounded(base["item_knn_refit"]),
                       "item_knn_refit_note": "item-kNN refitted on training + validation items "
                                              "for the test; reference only (the model is not "
@@ -305,6 +331,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="category and brand embeddings in the candidate tower")
     parser.add_argument("--knn-neighbours", type=int, nargs="+", default=list(KNN_NEIGHBOURS),
                         help="item-kNN neighbour counts tried on the validation items")
+    parser.add_argument("--als-factors", type=int, nargs="+", default=list(ALS_FACTORS),
+                        help="ALS factor counts tried on the validation items")
     parser.add_argument("--seed", type=int, default=defaults.seed)
     args = parser.parse_args(argv)
     config = st.SequenceConfig(
@@ -334,7 +362,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                         "validation for early stopping and model selection only",
         },
     }
-    report.update(run(data, config, args.knn_neighbours, log))
+    report.update(run(data, config, args.knn_neighbours, log, args.als_factors))
     print(render_table(report))
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
     with open(args.out, "w", encoding="utf-8") as out:

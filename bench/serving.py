@@ -383,6 +383,14 @@ def _library_versions() -> dict[str, str]:
             "grpcio": grpc.__version__}
 
 
+def _previous_report(path: str) -> dict:
+    """The report already at ``path`` (empty when there is none)."""
+    if not os.path.exists(path):
+        return {}
+    with open(path, encoding="utf-8") as previous:
+        return json.load(previous)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Runs the benchmark (or, with --export-*, one synthetic export for the parent)."""
     parser = argparse.ArgumentParser(prog="python -m bench.serving", description=__doc__,
@@ -420,7 +428,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         for scenario in scenarios:
             results[scenario.name] = run_scenario(scenario, work_dir, args,
                                                   (recall_users, recall_histories))
+    previous = _previous_report(args.out)
     recalls: dict[str, float] = {}
+    if "1m_scann" not in results and "1m_brute_force" not in results:
+        recalls = previous.get("scann_recall_1m", {})
     if "1m_scann" in results and "1m_brute_force" in results:
         approximate = results["1m_scann"]["served_top_items"]
         exact = results["1m_brute_force"]["served_top_items"]
@@ -430,12 +441,19 @@ def main(argv: Sequence[str] | None = None) -> int:
                    "note": "ScaNN's served top-K against brute force's, same model and queries "
                            f"({args.recall_queries} serving_default, 50 recommend_with_history)"}
         print(f"1M recall of ScaNN vs brute force: {recalls}", flush=True)
+    command = "python -m bench.serving " + " ".join(argv if argv is not None else sys.argv[1:])
     for result in results.values():
         result.pop("served_top_items", None)
+        result["measured_at"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+        result["command"] = command
+    # Scenarios not rerun keep their earlier figures (each says when and how it was measured).
+    kept = previous.get("scenarios", {})
+    results = {name: results.get(name, kept.get(name)) for name in SCENARIOS
+               if name in results or name in kept}
     report = {
         "benchmark": "serving: python -m serving.model_server, REST and gRPC, one user per "
                      "serving_default request, K = 100",
-        "command": "python -m bench.serving " + " ".join(argv if argv is not None else sys.argv[1:]),
+        "command": command,
         "machine": {**machine_info(), **_library_versions()},
         "settings": {"requests_per_run": args.requests, "max_seconds_per_run": args.max_seconds,
                      "concurrency": args.concurrency, "top_k": TOP_K,

@@ -43,7 +43,7 @@ from fastapi.responses import JSONResponse, PlainTextResponse
 from pydantic import BaseModel, ConfigDict, Discriminator, Field, StringConstraints, Tag, model_validator
 
 from serving.client import ModelClient
-from serving.event_log import LOGGED_EVENT_TYPES, EventLog, LoggedEvent
+from serving.event_log import EventLog, LoggedEvent
 from serving.feature_store import FeatureStore, FeatureStoreError, StoreSettings, UserEvent, open_feature_store
 from shoprec import config, features
 from shoprec.strategy import retrievers
@@ -173,7 +173,7 @@ class EventIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
     user_id: CsvId
     item_id: CsvId
-    event_type: Literal[LOGGED_EVENT_TYPES]  # type: ignore[valid-type]
+    event_type: Literal[features.LOGGED_EVENT_TYPES]  # type: ignore[valid-type]
     request_id: Annotated[str, StringConstraints(max_length=64)] | None = Field(
         None, description="The /recommend response that showed the item, if any.")
     timestamp: int | None = Field(None, ge=0, description="Unix seconds; default: now.")

@@ -34,8 +34,6 @@ import pandas as pd
 
 from shoprec import features
 
-IMPRESSION = "impression"
-LOGGED_EVENT_TYPES: tuple[str, ...] = (IMPRESSION, *features.EVENT_TYPES)
 IMPRESSIONS_FILE = "impressions.csv"
 REQUEST_ID = "request_id"
 
@@ -244,8 +242,8 @@ def export(log_path: str, out_dir: str, base_data_dir: str | None = None) -> dic
     finally:
         log.close()
     event_columns = [column.name for column in features.EVENT_COLUMNS]
-    impressions = logged[logged[features.EVENT_TYPE] == IMPRESSION]
-    events = logged[logged[features.EVENT_TYPE] != IMPRESSION][event_columns].astype(str)
+    impressions = logged[logged[features.EVENT_TYPE] == features.IMPRESSION]
+    events = logged[logged[features.EVENT_TYPE] != features.IMPRESSION][event_columns].astype(str)
     summary = {"impressions": len(impressions), "new_users": 0}
     files: dict[str, pd.DataFrame] = {}
     if base_data_dir is not None:
@@ -303,7 +301,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         log = EventLog(args.log)
         counts = log.counts()
         log.close()
-        for event_type in LOGGED_EVENT_TYPES:
+        for event_type in features.LOGGED_EVENT_TYPES:
             print(f"{event_type}\t{counts.get(event_type, 0)}")
         print(f"total\t{sum(counts.values())}")
         return 0

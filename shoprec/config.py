@@ -57,6 +57,9 @@ class TrainConfig:
     pooling: str = "mean"
     top_k: int = 100  # items returned by the serving signature
     user_id_hash_buckets: int = 0  # > 0: hash user ids into this many buckets, no vocabulary
+    # brute_force | scann: the serving signatures take top-K from a ScaNN index (large
+    # catalogues; needs the ScaNN-enabled TF Serving image, docs/serving.md)
+    retrieval_index: str = "brute_force"
 
     def __post_init__(self) -> None:
         if self.user_id_hash_buckets < 0:
@@ -70,6 +73,8 @@ class TrainConfig:
             raise ValueError(f"learning_rate must be >= 0, got {self.learning_rate}")
         if self.pooling not in ("mean", "attention", "gru"):
             raise ValueError(f"pooling must be mean, attention or gru, got {self.pooling!r}")
+        if self.retrieval_index not in ("brute_force", "scann"):
+            raise ValueError(f"retrieval_index must be brute_force or scann, got {self.retrieval_index!r}")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -87,3 +87,22 @@ def test_score_all_reports_every_ranking_and_slice():
     assert results["fixed"]["new_users"]["mrr@10"] == pytest.approx(1 / 4)
     assert results["fixed"]["all"]["diversity@10"] == 0.0
     assert "head_items" in results["fixed"] or "tail_items" in results["fixed"]
+
+
+def test_als_ranks_the_items_of_a_users_own_cluster_first():
+    # Two disjoint taste groups (rank 2): users 0-19 take items 0-4, users 20-39 items 5-9.
+    rng = np.random.default_rng(0)
+    users, items = [], []
+    for user in range(40):
+        group = range(0, 5) if user < 20 else range(5, 10)
+        for item in rng.choice(list(group), size=3, replace=False):
+            users.append(user)
+            items.append(item)
+    als = baselines.ALS(np.array(users), np.array(items), n_items=12, factors=2, iterations=10)
+    # scored from the history alone, so a user the model never saw is scored too
+    scores = als.scores([np.array([0, 1]), np.array([7]), np.array([], dtype=np.int64)])
+    assert scores.shape == (3, 12)
+    assert set(np.argsort(-scores[0])[:5]) == set(range(5))
+    assert set(np.argsort(-scores[1])[:5]) == set(range(5, 10))
+    np.testing.assert_allclose(scores[2], np.zeros(12), atol=1e-6)  # no history: no preference
+    assert als.scores([]).shape == (0, 12)

@@ -18,9 +18,11 @@ import tensorflow as tf
 
 from components.anomalies_gate import DataAnomaliesError
 from pipeline import local_runner, run_summary
+from serving import servable
 from shoprec import features as F
 from shoprec.config import MODEL_NAME, PIPELINE_NAME
 from shoprec.data import canonical
+from shoprec.model import export
 
 pytestmark = pytest.mark.e2e
 SMALL_SHOP = ["--events", "3000", "--users", "300", "--items", "200", "--epochs", "2"]
@@ -63,7 +65,7 @@ def test_first_run_executes_every_component_once_and_pushes(first_run, output_di
     assert first_run["blessed"] is True and first_run["pushed"] is True
     assert pushed_versions(output_dir) == [str(first_run["pushed_version"])]
     metrics = first_run["metrics"]
-    assert set(metrics) == {"model", "popularity", "item_knn"}  # no blessed model existed yet
+    assert set(metrics) == {"model", "popularity", "item_knn", "als"}  # no blessed model existed yet
     for ranking in metrics.values():
         assert {"all", "new_users", "returning_users", "head_items", "tail_items"} <= set(ranking)
         for k in (10, 50, 100):
@@ -204,9 +206,10 @@ def test_real_rees46_logs_run_through_the_pipeline(tmp_path):
 
 
 def test_tuner_feeds_its_best_hyper_parameters_to_the_trainer(tmp_path):
-    # Also the hashed-user-id option, which this run exercises end to end.
+    # Also the hashed-user-id and the ScaNN-export options, which this run exercises end to end.
     summary = run(str(tmp_path / "tuned"), *BELOW_POPULARITY_OK, "--epochs", "1",
-                  "--tuner_trials", "2", "--user_id_hash_buckets", "64")
+                  "--tuner_trials", "2", "--user_id_hash_buckets", "64",
+                  "--retrieval_index", "scann")
     assert summary["components"]["Tuner"]["state"] == "COMPLETE"
     store = run_summary.open_store(str(tmp_path / "tuned" / "metadata.sqlite"))
     [best] = store.get_artifacts_by_type("HyperParameters")
@@ -214,3 +217,10 @@ def test_tuner_feeds_its_best_hyper_parameters_to_the_trainer(tmp_path):
         values = json.load(f)["values"]
     assert set(values) == {"learning_rate", "embedding_dim", "pooling"}
     assert summary["pushed"] is True
+    # The evaluator loaded the ScaNN export (its ops registered on the way); so does a reader.
+    [version] = pushed_versions(str(tmp_path / "tuned"))
+    export_dir = os.path.join(tmp_path, "tuned", "serving", MODEL_NAME, version)
+    assert "scann.scann_ops.py.scann_ops" in servable.load_custom_ops(servable.read_meta_graph(export_dir))
+    served = export.load_exported(export_dir).signatures["serving_default"](user_id=tf.constant(["u1"]))
+    ids = served[F.OUTPUT_ITEM_IDS].numpy()[0]
+    assert len(set(ids)) == len(ids) == 100

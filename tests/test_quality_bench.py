@@ -90,8 +90,9 @@ def test_the_benchmark_learns_a_next_item_pattern(negatives):
     lines = []
     config = TINY if not negatives else st.SequenceConfig(**{**TINY.__dict__,
                                                              "negatives": negatives})
-    report = quality.run(data, config, knn_neighbours=(10, 20), log=lines.append)
-    assert set(report["test"]) == {"two_tower", "popularity", "item_knn"}
+    report = quality.run(data, config, knn_neighbours=(10, 20), log=lines.append,
+                         als_factors=(8,))
+    assert set(report["test"]) == {"two_tower", "popularity", "item_knn", "als"}
     for metrics in report["test"].values():
         assert set(metrics) == {f"{m}@{k}" for m in ("hitrate", "ndcg") for k in (5, 10, 20)}
     assert report["users_evaluated"] == 300
@@ -115,7 +116,7 @@ def test_cli_writes_json_and_chart(tmp_path, capsys):
     out = tmp_path / "quality.json"
     assert quality.main(["--data", str(data_dir), "--out", str(out), "--epochs", "2",
                          "--dim", "16", "--blocks", "1", "--max-length", "8",
-                         "--knn-neighbours", "10"]) == 0
+                         "--knn-neighbours", "10", "--als-factors", "8"]) == 0
     report = json.loads(out.read_text())
     assert report["dataset"]["users"] == 120 and report["dataset"]["items"] == N_ITEMS
     assert report["dataset"]["interactions"] == sum(len(line.split()) - 1 for line in lines)

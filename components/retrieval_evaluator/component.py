@@ -4,8 +4,8 @@ Why a custom component: TFMA evaluates per-example predictions; it cannot rank t
 catalogue per user with each user's training items excluded, nor compute catalogue coverage or
 list diversity. The protocol is in :mod:`shoprec.model.evaluation`.
 
-In the same run and on the same users it scores the popularity and item-kNN baselines and, when
-the resolver found one, the last blessed model. The model is blessed when ``blessing_metric``
+In the same run and on the same users it scores the popularity, item-kNN and ALS baselines and,
+when the resolver found one, the last blessed model. The model is blessed when ``blessing_metric``
 (on all users)
 
 1. clears the absolute floor ``min_blessing_value``,
@@ -26,6 +26,7 @@ from tfx.types import artifact_utils
 
 from shoprec import features
 from shoprec.model import evaluation as protocol
+from shoprec.model import export
 
 METRICS_FILE = "metrics.json"
 _QUERY_BATCH = 2048
@@ -60,7 +61,7 @@ class ExportedModelScorer:
     """
 
     def __init__(self, model_dir: str, catalogue: np.ndarray, eval_set: protocol.EvalSet):
-        model = tf.saved_model.load(model_dir)
+        model = export.load_exported(model_dir)
         self._signature = model.signatures[features.SIGNATURE_QUERY_EMBEDDING]
         own_rows = {item: row for row, item in enumerate(model.catalog_item_ids.numpy())}
         own_embeddings = model.catalog_embeddings.numpy()
@@ -90,7 +91,7 @@ def catalogue_categories(items_path: str, catalogue: np.ndarray) -> np.ndarray:
 def evaluate(model_dir: str, examples: tfx.types.standard_artifacts.Examples, items_path: str,
              ks: list[int], baseline_model_dir: str | None = None) -> dict:
     """Metrics per ranking and slice; see :func:`shoprec.model.evaluation.score_all`."""
-    catalogue = tf.saved_model.load(model_dir).catalog_item_ids.numpy()
+    catalogue = export.load_exported(model_dir).catalog_item_ids.numpy()
     item_rows = {item: row for row, item in enumerate(catalogue)}
     train = read_split(examples, "train")
     eval_set = protocol.build_eval_set(train, read_split(examples, "eval"), item_rows)

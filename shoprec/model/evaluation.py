@@ -135,10 +135,15 @@ def score_all(eval_set: EvalSet, scorers: dict[str, Callable[[slice], np.ndarray
 
 def baseline_scorers(train_user_rows: np.ndarray, train_item_rows: np.ndarray, eval_set: EvalSet,
                      n_items: int) -> dict[str, Callable[[slice], np.ndarray]]:
-    """Scorers for popularity and item-kNN (from each user's train items)."""
+    """Scorers for popularity, item-kNN and ALS (the last two from each user's train items).
+
+    Ties (users without train items) are broken by popularity.
+    """
     popularity = baselines.popularity_scores(train_item_rows, n_items)
     knn = baselines.ItemKNN(train_user_rows, train_item_rows, n_items)
+    als = baselines.ALS(train_user_rows, train_item_rows, n_items)
     return {
         "popularity": lambda s: np.broadcast_to(popularity, (len(eval_set.users[s]), n_items)),
         "item_knn": lambda s: knn.scores(eval_set.seen[s]) + 1e-9 * popularity,
+        "als": lambda s: als.scores(eval_set.seen[s]) + 1e-9 * popularity,
     }

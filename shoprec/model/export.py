@@ -33,7 +33,7 @@ import dataclasses
 import numpy as np
 import tensorflow as tf
 
-from serving import warmup
+from serving import servable, warmup
 from shoprec import features
 from shoprec.model import scann_index
 
@@ -216,6 +216,19 @@ class RetrievalServingModule(tf.Module):
         if write_warmup:
             warmup.write_warmup_file(
                 export_dir, warmup.retrieval_requests(self._warmup.users, self._warmup.history))
+
+
+def load_exported(export_dir: str) -> tf.Module:
+    """``tf.saved_model.load`` of an export, registering the custom ops it uses first.
+
+    A ScaNN export needs ``Scann>`` ops, which exist only once ``scann`` is imported; the model
+    server's :func:`serving.servable.load_custom_ops` imports what the graph names.
+
+    Raises:
+      serving.errors.ModelServerError: no SavedModel there, or an op no known module provides.
+    """
+    servable.load_custom_ops(servable.read_meta_graph(export_dir))
+    return tf.saved_model.load(export_dir)
 
 
 def join_history(items: list[str]) -> str:

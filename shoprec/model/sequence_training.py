@@ -65,17 +65,17 @@ class SequenceConfig:
     embedding_dim: int = 64
     blocks: int = 2
     heads: int = 1
-    dropout: float = 0.5
-    normalize: bool = False
-    temperature: float = 1.0
+    dropout: float = 0.2
+    normalize: bool = True
+    temperature: float = 0.05
     use_user_id: bool = False
     item_attributes: bool = False
     negatives: int = 0
-    batch_size: int = 128
-    learning_rate: float = 1e-3
+    batch_size: int = 512
+    learning_rate: float = 5e-3
     epochs: int = 200
     patience: int = 10
-    eval_every: int = 1
+    eval_every: int = 2
     time_budget_s: float | None = None
     seed: int = 0
 

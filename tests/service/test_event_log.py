@@ -34,13 +34,13 @@ def test_append_is_durable_and_idempotent(tmp_path: Path) -> None:
     path = tmp_path / "log" / "events.sqlite"
     log = EventLog(str(path))
     assert log.append([logged(0), logged(1), logged(0)], received_at=1.0) == [True, True, False]
-    assert log.append([logged(1), logged(2, event_type=event_log.IMPRESSION)], received_at=2.0) == [False, True]
+    assert log.append([logged(1), logged(2, event_type=features.IMPRESSION)], received_at=2.0) == [False, True]
     log.close()
     connection = sqlite3.connect(path)  # what another process sees after the writer went away
     assert connection.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     connection.close()
     reopened = EventLog(str(path))
-    assert reopened.counts() == {features.CLICK: 2, event_log.IMPRESSION: 1}
+    assert reopened.counts() == {features.CLICK: 2, features.IMPRESSION: 1}
     assert [event.event_id for event in reopened.events(received_since=2.0)] == ["live-2"]
     assert [event.event_id for event in reopened.events(event_type=features.CLICK)] == ["live-0", "live-1"]
     assert next(reopened.events()) == logged(0)
@@ -60,7 +60,7 @@ def test_export_merges_into_the_base_shop(tmp_path: Path) -> None:
     write_shop(tmp_path / "shop")
     path = str(tmp_path / "events.sqlite")
     log = EventLog(path)
-    log.append([logged(0, user="u9"), logged(1, features.PURCHASE), logged(2, event_log.IMPRESSION),
+    log.append([logged(0, user="u9"), logged(1, features.PURCHASE), logged(2, features.IMPRESSION),
                 LoggedEvent("e1", "u2", "i1", features.PURCHASE, 100, "s1")], received_at=1.0)
     log.close()
     out = tmp_path / "out"
