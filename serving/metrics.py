@@ -129,7 +129,9 @@ class RequestRecord:
 class ServingMetrics:
     """All metrics of one model server."""
 
-    def __init__(self) -> None:
+    def __init__(self, log_successful_requests: bool = False) -> None:
+        """``log_successful_requests``: a log line for every request, not only the failed ones."""
+        self.log_successful_requests = log_successful_requests
         self.request_count = Counter(
             ":tensorflow:serving:request_count", "The total number of requests.", ("model_name", "status")
         )
@@ -163,7 +165,7 @@ class ServingMetrics:
         )
 
     def record_request(self, record: RequestRecord, code: Code, seconds: float, error_message: str = "") -> None:
-        """Counts a finished request, observes its latency and writes its request log line."""
+        """Counts a finished request, observes its latency and logs it (failed ones always)."""
         status = code.name
         self.request_count.inc(record.model_name, status)
         self.request_latency.observe(seconds * 1e6, record.model_name, record.api, record.entrypoint)
@@ -177,6 +179,8 @@ class ServingMetrics:
         )
         if code is not Code.OK:
             self.request_errors_total.inc(record.model_name, record.api, record.entrypoint, status)
+        elif not self.log_successful_requests:
+            return  # a line per request costs a lock and a write on the hot path
         _request_log.info(
             "%s %s model=%s version=%s signature=%s status=%s latency_ms=%.2f%s",
             record.entrypoint,

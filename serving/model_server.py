@@ -114,6 +114,7 @@ def build_parser() -> argparse.ArgumentParser:
         default="",
         help="Text-format MonitoringConfig; without it Prometheus metrics are on at /monitoring/prometheus/metrics.",
     )
+    bool_flag("log_requests", False, "Log every request on serving.requests (failed ones are always logged; this server only).")
     flag("log_level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"], help="Log level (stderr).")
     return parser
 
@@ -207,7 +208,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         _log.error("Failed to start server. Error: %s", err)
         return 1
 
-    serving_metrics = metrics.ServingMetrics()
+    serving_metrics = metrics.ServingMetrics(log_successful_requests=args.log_requests)
     core = ServerCore(
         ManagerOptions(
             file_system_poll_wait_seconds=args.file_system_poll_wait_seconds,

@@ -107,3 +107,26 @@ def test_scann_config_sizes_and_limits() -> None:
         scann_index.ScannIndex(np.ones((50, 8), np.float32), 10)
     with pytest.raises(ValueError, match="leaves_to_search_fraction"):
         scann_index.ScannConfig(leaves_to_search_fraction=0.0)
+
+
+def test_serving_default_uses_precomputed_queries_equal_to_the_towers() -> None:
+    module = export.synthetic_serving_module(500, TOP_K, num_users=50)
+    known = tf.constant([f"u{i}" for i in range(50)])
+    assert module.user_queries.shape == (50, 64)
+    via_towers = module.recommend_with_history(known, module._snapshot_history(known))
+    precomputed = module.recommend(known)
+    np.testing.assert_array_equal(precomputed[features.OUTPUT_ITEM_IDS].numpy(),
+                                  via_towers[features.OUTPUT_ITEM_IDS].numpy())
+    np.testing.assert_allclose(precomputed[features.OUTPUT_SCORES].numpy(),
+                               via_towers[features.OUTPUT_SCORES].numpy(), atol=1e-5)
+    # A batch with an unknown user runs the towers for every row: same answers for the known.
+    mixed = tf.constant(["u3", "never-seen", "u7"])
+    answered = module.recommend(mixed)[features.OUTPUT_ITEM_IDS].numpy()
+    expected = module.recommend_with_history(mixed, module._snapshot_history(mixed))
+    np.testing.assert_array_equal(answered, expected[features.OUTPUT_ITEM_IDS].numpy())
+    np.testing.assert_array_equal(answered[[0, 2]], precomputed[features.OUTPUT_ITEM_IDS].numpy()[[3, 7]])
+
+
+def test_an_empty_user_snapshot_is_refused_with_a_reason() -> None:
+    with pytest.raises(ValueError, match="user snapshot is empty"):
+        export.synthetic_serving_module(300, TOP_K, num_users=0)

@@ -5,7 +5,9 @@ precomputed item embeddings and a snapshot of each known user's profile and late
 sequence from the training data. Signatures (names from :mod:`shoprec.features`):
 
 * ``serving_default(user_id: string[B])`` -> ``item_ids: string[B, K]``, ``scores: float[B, K]``;
-  the history comes from the snapshot (empty for unknown users).
+  the history comes from the snapshot (empty for unknown users). The snapshot users' queries are
+  computed once, at export (``[U, D]`` float32, 256 bytes a user at D = 64), so a batch of known
+  users costs a table lookup and the top-K; a batch with an unknown user runs the towers.
 * ``recommend_with_history(user_id: string[B], history: string[B, M])`` -> same outputs; the
   caller passes the recent item ids, most recent last, right-padded with ``""``.
 * ``query_embedding(user_id: string[B], history: string[B, M])`` -> ``embedding: float[B, D]``.
@@ -48,6 +50,13 @@ def _string_table(keys: np.ndarray, values: np.ndarray, default: str) -> tf.look
                                             tf.constant(values, tf.string)), default_value=default)
 
 
+def _row_table(keys: np.ndarray) -> tf.lookup.StaticHashTable:
+    """``keys[r]`` -> ``r`` (int64); -1 for any other key."""
+    return tf.lookup.StaticHashTable(
+        tf.lookup.KeyValueTensorInitializer(tf.constant(keys, tf.string),
+                                            tf.range(len(keys), dtype=tf.int64)), -1)
+
+
 @dataclasses.dataclass(frozen=True)
 class _WarmupSample:
     """Snapshot values the warmup requests use (a plain object: not saved in the SavedModel)."""
@@ -86,7 +95,7 @@ class RetrievalServingModule(tf.Module):
 
     Raises:
       ValueError: duplicate item ids, not exactly one of ``candidate_tower`` and
-        ``item_embeddings``, or embeddings whose rows do not match the catalogue.
+        ``item_embeddings``, embeddings whose rows do not match the catalogue, or no users.
     """
 
     def __init__(self, tft_layer: tf.keras.layers.Layer | None,
@@ -98,6 +107,8 @@ class RetrievalServingModule(tf.Module):
         super().__init__(name="retrieval_serving")
         if (candidate_tower is None) == (item_embeddings is None):
             raise ValueError("give exactly one of candidate_tower and item_embeddings")
+        if len(user_ids) == 0:
+            raise ValueError("the user snapshot is empty: the training data has no users")
         self.tft_layer = tft_layer
         self.query_tower = query_tower
         self.candidate_tower = candidate_tower
@@ -116,11 +127,12 @@ class RetrievalServingModule(tf.Module):
                                               name="catalog_embeddings")
         self.approximate_index = (None if scann is None else
                                  scann_index.ScannIndex(item_embeddings, self.top_k, scann))
-        self.item_rows = tf.lookup.StaticHashTable(
-            tf.lookup.KeyValueTensorInitializer(tf.constant(item_ids),
-                                                tf.range(len(item_ids), dtype=tf.int64)), -1)
+        self.item_rows = _row_table(item_ids)
         self.user_age_groups = _string_table(user_ids, user_age_groups, "")
         self.user_histories = _string_table(user_ids, user_histories, "")
+        self.user_rows = _row_table(np.asarray(user_ids).astype(str))
+        self.user_queries = tf.Variable(self._snapshot_queries(np.asarray(user_ids).astype(str)),
+                                        trainable=False, name="user_queries")
         self._warmup = _warmup_sample(user_ids, user_histories, item_ids)
 
     def _transform(self, raw: dict[str, tf.Tensor | tf.SparseTensor]) -> dict[str, tf.Tensor]:
@@ -137,6 +149,14 @@ class RetrievalServingModule(tf.Module):
                 dtype = tf.float32 if feature.dtype == "float" else tf.string
                 raw[feature.name] = tf.reshape(tf.constant(values, dtype), [-1, 1])
             chunks.append(self.candidate_tower(self._transform(raw)).numpy())
+        return np.concatenate(chunks, axis=0)
+
+    def _snapshot_queries(self, user_ids: np.ndarray, batch_size: int = 4096) -> np.ndarray:
+        """``[U, D]`` query embeddings of the snapshot users from their snapshot profiles."""
+        chunks = [np.zeros((0, int(self.catalog_embeddings.shape[1])), np.float32)]
+        for start in range(0, len(user_ids), batch_size):
+            users = tf.constant(user_ids[start:start + batch_size])
+            chunks.append(self._query(users, self._snapshot_history(users)).numpy())
         return np.concatenate(chunks, axis=0)
 
     def _query(self, user_id: tf.Tensor, history: tf.Tensor) -> tf.Tensor:
@@ -177,9 +197,16 @@ class RetrievalServingModule(tf.Module):
         joined = self.user_histories.lookup(user_id)
         return tf.strings.split(joined, _HISTORY_SEPARATOR).to_tensor(default_value="")
 
+    def _snapshot_query(self, user_id: tf.Tensor) -> tf.Tensor:
+        """``[B]`` user ids -> ``[B, D]``: precomputed when all are known, else the towers."""
+        rows = self.user_rows.lookup(user_id)
+        return tf.cond(tf.reduce_all(rows >= 0),
+                       lambda: tf.gather(self.user_queries, rows),
+                       lambda: self._query(user_id, self._snapshot_history(user_id)))
+
     @tf.function(autograph=False, input_signature=[tf.TensorSpec([None], tf.string, name=features.USER_ID)])
     def recommend(self, user_id: tf.Tensor) -> dict[str, tf.Tensor]:
-        return self._top_k(self._query(user_id, self._snapshot_history(user_id)))
+        return self._top_k(self._snapshot_query(user_id))
 
     @tf.function(autograph=False, input_signature=[tf.TensorSpec([None], tf.string, name=features.USER_ID),
                                   tf.TensorSpec([None, None], tf.string, name=features.HISTORY)])

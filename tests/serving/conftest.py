@@ -184,6 +184,7 @@ def toy_world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ToyWorld]:
             "--file_system_poll_wait_seconds=0.3",
             "--max_num_load_retries=0",
             f"--max_request_bytes={MAX_REQUEST_BYTES}",
+            "--log_requests",
         ],
         root / "config_server.log",
     )

@@ -552,6 +552,7 @@ def test_prometheus_metrics_count_requests_errors_and_latency(config_server: Ser
     assert _metric(after, ":tensorflow:cc:saved_model:load_attempt_count", status="success") >= 1
     assert "# TYPE :tensorflow:serving:request_latency histogram" in after
     assert re.search(r"serving\.requests\] REST predict model=toy version=1 signature=scale status=OK latency_ms=", config_server.log())
+    assert re.search(r"serving\.requests\] REST predict model=nope .*status=NOT_FOUND .*error=", config_server.log())
 
 
 @pytest.mark.parametrize("protocol", ["rest", "grpc"])
