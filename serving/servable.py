@@ -123,7 +123,7 @@ def load_custom_ops(meta_graph: meta_graph_pb2.MetaGraphDef) -> list[str]:
     """Registers the custom ops a SavedModel needs by importing their modules (``CUSTOM_OP_MODULES``).
 
     Returns:
-        The modules imported for this model (already imported ones included).
+        The modules this call imported (empty when every op was already registered).
 
     Raises:
         ModelServerError: NOT_FOUND for an op that is not registered and that no known module

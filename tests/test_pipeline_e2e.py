@@ -220,7 +220,8 @@ def test_tuner_feeds_its_best_hyper_parameters_to_the_trainer(tmp_path):
     # The evaluator loaded the ScaNN export (its ops registered on the way); so does a reader.
     [version] = pushed_versions(str(tmp_path / "tuned"))
     export_dir = os.path.join(tmp_path, "tuned", "serving", MODEL_NAME, version)
-    assert "scann.scann_ops.py.scann_ops" in servable.load_custom_ops(servable.read_meta_graph(export_dir))
+    used_ops = {op.name for op in servable.read_meta_graph(export_dir).meta_info_def.stripped_op_list.op}
+    assert "Scann>ScannSearchBatched" in used_ops
     served = export.load_exported(export_dir).signatures["serving_default"](user_id=tf.constant(["u1"]))
     ids = served[F.OUTPUT_ITEM_IDS].numpy()[0]
     assert len(set(ids)) == len(ids) == 100
