@@ -46,8 +46,7 @@ def run_once(events: int, output_dir: str) -> dict[str, object]:
                                                                  - cpu_before.ru_stime)
     with open(os.path.join(output_dir, "run_summary.json")) as f:
         summary = json.load(f)
-    model, popularity = (summary["metrics"]["model"]["all"],
-                         summary["metrics"]["popularity"]["all"])
+    rankings = {name: slices["all"] for name, slices in summary["metrics"].items()}
     return {
         "users": ShopConfig.users, "items": ShopConfig.items, "events": events,
         "wall_seconds_with_imports": round(wall, 1),
@@ -56,8 +55,9 @@ def run_once(events: int, output_dir: str) -> dict[str, object]:
         "load_average_1min_at_end": round(os.getloadavg()[0], 2),
         "peak_rss_gib": round(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 2**20, 2),
         "component_seconds": {n: c["seconds"] for n, c in summary["components"].items()},
-        "ndcg@10": {"model": model["ndcg@10"], "popularity": popularity["ndcg@10"]},
-        "recall@10": {"model": model["recall@10"], "popularity": popularity["recall@10"]},
+        # the model and every baseline of the evaluator (popularity, item-kNN, ALS)
+        "ndcg@10": {name: metrics["ndcg@10"] for name, metrics in rankings.items()},
+        "recall@10": {name: metrics["recall@10"] for name, metrics in rankings.items()},
         "blessed": summary["blessed"],
         "pooling": TrainConfig.pooling,
         "command": " ".join(["python"] + command[1:3] + ["--output_dir", "OUT"] + command[5:]),
