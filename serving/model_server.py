@@ -107,6 +107,18 @@ def build_parser() -> argparse.ArgumentParser:
         False,
         "Allow a version label to name a version that is not loaded.",
     )
+    flag(
+        "tensorflow_intra_op_parallelism",
+        type=int,
+        default=0,
+        help="Threads one TensorFlow op may use; 0 lets TensorFlow choose (one per core).",
+    )
+    flag(
+        "tensorflow_inter_op_parallelism",
+        type=int,
+        default=0,
+        help="Threads running independent TensorFlow ops; 0 lets TensorFlow choose (one per core).",
+    )
     bool_flag("enable_batching", False, "Merge concurrent Predict requests into batches.")
     flag("batching_parameters_file", default="", help="Text-format BatchingParameters (with --enable_batching).")
     flag(
@@ -129,6 +141,9 @@ def parse_flags(argv: Sequence[str] | None = None) -> argparse.Namespace:
         parser.error("--max_request_bytes must be positive")
     if args.batching_parameters_file and not args.enable_batching:
         parser.error("--batching_parameters_file needs --enable_batching")
+    for name in ("tensorflow_intra_op_parallelism", "tensorflow_inter_op_parallelism"):
+        if getattr(args, name) < 0:
+            parser.error(f"--{name} must be 0 (TensorFlow's choice) or a thread count")
     return args
 
 
@@ -179,6 +194,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     # Heavy imports (TensorFlow) only after the flags are good, so --help is instant.
     import uvicorn
 
+    import tensorflow as tf
+
     from serving import grpc_api, metrics, model_config, rest_api
     from serving.batching import BatchingPredictor
     from serving.errors import ModelServerError
@@ -208,6 +225,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         _log.error("Failed to start server. Error: %s", err)
         return 1
 
+    # Before the first op runs: TensorFlow fixes its thread pools then.
+    tf.config.threading.set_intra_op_parallelism_threads(args.tensorflow_intra_op_parallelism)
+    tf.config.threading.set_inter_op_parallelism_threads(args.tensorflow_inter_op_parallelism)
     serving_metrics = metrics.ServingMetrics(log_successful_requests=args.log_requests)
     core = ServerCore(
         ManagerOptions(

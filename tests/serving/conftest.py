@@ -194,6 +194,8 @@ def toy_world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ToyWorld]:
             f"--model_base_path={shoprec_base}",
             "--enable_batching",
             f"--batching_parameters_file={batching_path}",
+            "--tensorflow_intra_op_parallelism=1",  # TF Serving's thread flags, exercised here
+            "--tensorflow_inter_op_parallelism=1",
         ],
         root / "shoprec_server.log",
     )

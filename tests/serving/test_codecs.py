@@ -207,12 +207,17 @@ def test_help_lists_tf_serving_flags(capsys: pytest.CaptureFixture[str]) -> None
         model_server.parse_flags(["--help"])
     assert exited.value.code == 0
     text = capsys.readouterr().out
-    for flag in ("--model_base_path", "--model_config_file", "--file_system_poll_wait_seconds", "--rest_api_port", "--max_request_bytes"):
+    for flag in ("--model_base_path", "--model_config_file", "--file_system_poll_wait_seconds", "--rest_api_port",
+                 "--max_request_bytes", "--tensorflow_intra_op_parallelism", "--tensorflow_inter_op_parallelism"):
         assert flag in text
     with pytest.raises(SystemExit) as exited:
         model_server.parse_flags(["--model_name=m"])
     assert exited.value.code == 2
     assert "either --model_base_path or --model_config_file is required" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exited:
+        model_server.parse_flags(["--model_base_path=/m", "--tensorflow_intra_op_parallelism=-1"])
+    assert exited.value.code == 2
+    assert "--tensorflow_intra_op_parallelism must be 0" in capsys.readouterr().err
 
 
 def test_rest_client_does_not_import_tensorflow() -> None:
