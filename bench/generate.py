@@ -44,6 +44,14 @@ def _cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
+def write_report(report: dict, path: str) -> None:
+    """Writes a benchmark's report as indented JSON (creating its folder)."""
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with open(path, "w", encoding="utf-8") as out:
+        json.dump(report, out, indent=2)
+        out.write("\n")
+
+
 def machine_info() -> dict[str, object]:
     """CPU model, core count, RAM, Python and library versions."""
     return {
@@ -139,10 +147,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"time({largest['events']:,}) / time({smallest['events']:,}) = {ratio:.2f}"
               f" for {report['size_ratio_largest_to_smallest']}x the events;"
               f" {per_event_s * 1e6:.2f} s per extra million events")
-    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-    with open(args.out, "w", encoding="utf-8") as out_file:
-        json.dump(report, out_file, indent=2)
-        out_file.write("\n")
+    write_report(report, args.out)
     print(f"wrote {args.out}")
     return 0
 

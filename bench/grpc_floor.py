@@ -18,7 +18,6 @@ import argparse
 import asyncio
 import concurrent.futures
 import itertools
-import json
 import os
 import resource
 import subprocess
@@ -33,7 +32,7 @@ import psutil
 from tensorflow.core.framework import types_pb2
 from tensorflow_serving.apis import model_pb2, predict_pb2, prediction_service_pb2_grpc
 
-from bench.generate import machine_info
+from bench.generate import machine_info, write_report
 from shoprec import config, features
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -159,10 +158,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "requests_per_run": args.requests,
         "servers": {flavour: measure(flavour, args.concurrency, args.requests) for flavour in FLAVOURS},
     }
-    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-    with open(args.out, "w", encoding="utf-8") as out:
-        json.dump(report, out, indent=2)
-        out.write("\n")
+    write_report(report, args.out)
     print(f"wrote {args.out}")
     return 0
 

@@ -21,7 +21,7 @@ import tempfile
 import time
 from typing import Sequence
 
-from bench.generate import machine_info
+from bench.generate import machine_info, write_report
 from shoprec.config import ShopConfig, TrainConfig
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -86,9 +86,7 @@ def main(argv: Sequence[str] | None = None) -> int:
               "command": "python -m bench.pipeline " + " ".join(argv or sys.argv[1:]),
               "note": "peak RSS is the largest of the runs so far (RUSAGE_CHILDREN)",
               "results": results}
-    os.makedirs(os.path.dirname(args.out), exist_ok=True)
-    with open(args.out, "w") as f:
-        json.dump(report, f, indent=2)
+    write_report(report, args.out)
     print(f"wrote {args.out}")
     return 0
 

@@ -22,7 +22,6 @@ os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 
 import argparse  # noqa: E402
 import dataclasses  # noqa: E402
-import json  # noqa: E402
 import sys  # noqa: E402
 import tempfile  # noqa: E402
 import time  # noqa: E402
@@ -31,7 +30,7 @@ from typing import Callable, Sequence  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from bench.generate import machine_info  # noqa: E402
+from bench.generate import machine_info, write_report  # noqa: E402
 from shoprec import features  # noqa: E402
 from shoprec.data import importer  # noqa: E402
 from shoprec.model import baselines  # noqa: E402
@@ -117,6 +116,24 @@ def als_scorer(fit: Sequence[np.ndarray], n_items: int, factors: int) -> Scorer:
     return lambda chunk, rows: als.scores([h - 1 for h in chunk])
 
 
+def _select_on_validation(name: str, setting: str, scorers: dict[int, Scorer],
+                          data: st.SequenceData, log: Callable[[str], None]
+                          ) -> tuple[int, Scorer, dict[int, dict[str, float]]]:
+    """Validates each setting's scorer; returns the best setting, its scorer and every result."""
+    valid = {}
+    for value, scorer in scorers.items():
+        valid[value] = st.evaluate(scorer, data.valid_histories(), data.valid, data.n_items)
+        log(f"{name}, {value} {setting}: valid HR@10 {valid[value]['hitrate@10']:.4f}  "
+            f"NDCG@10 {valid[value]['ndcg@10']:.4f}")
+    best = max(valid, key=lambda value: valid[value][st.SELECTION_METRIC])
+    return best, scorers[best], valid
+
+
+def _rounded_by_setting(valid: dict[int, dict[str, float]]) -> dict[str, dict[str, float]]:
+    return {str(value): _rounded(metrics, ("hitrate@10", "ndcg@10"))
+            for value, metrics in valid.items()}
+
+
 def evaluate_baselines(data: st.SequenceData, neighbours: Sequence[int],
                        log: Callable[[str], None],
                        als_factors: Sequence[int] = ALS_FACTORS) -> dict[str, object]:
@@ -133,31 +150,19 @@ def evaluate_baselines(data: st.SequenceData, neighbours: Sequence[int],
     popularity = popularity_scorer(data.train, n)
     results["valid"]["popularity"] = st.evaluate(popularity, valid_h, data.valid, n)
     results["test"]["popularity"] = st.evaluate(popularity, test_h, data.test, n)
-    by_neighbours, scorers = {}, {}
-    for k in neighbours:
-        scorers[k] = knn_scorer(data.train, n, k)
-        by_neighbours[k] = st.evaluate(scorers[k], valid_h, data.valid, n)
-        log(f"item-kNN, {k} neighbours: valid HR@10 {by_neighbours[k]['hitrate@10']:.4f}  "
-            f"NDCG@10 {by_neighbours[k]['ndcg@10']:.4f}")
-    best = max(by_neighbours, key=lambda k: by_neighbours[k][st.SELECTION_METRIC])
-    results["valid"]["item_knn"] = by_neighbours[best]
-    results["test"]["item_knn"] = st.evaluate(scorers[best], test_h, data.test, n)
-    results["item_knn_refit"] = st.evaluate(knn_scorer(test_h, n, best), test_h, data.test, n)
-    results["item_knn_neighbours"] = best
-    results["item_knn_valid_by_neighbours"] = {
-        str(k): _rounded(m, ("hitrate@10", "ndcg@10")) for k, m in by_neighbours.items()}
-    by_factors, als_scorers = {}, {}
-    for factors in als_factors:
-        als_scorers[factors] = als_scorer(data.train, n, factors)
-        by_factors[factors] = st.evaluate(als_scorers[factors], valid_h, data.valid, n)
-        log(f"ALS, {factors} factors: valid HR@10 {by_factors[factors]['hitrate@10']:.4f}  "
-            f"NDCG@10 {by_factors[factors]['ndcg@10']:.4f}")
-    best = max(by_factors, key=lambda k: by_factors[k][st.SELECTION_METRIC])
-    results["valid"]["als"] = by_factors[best]
-    results["test"]["als"] = st.evaluate(als_scorers[best], test_h, data.test, n)
-    results["als_factors"] = best
-    results["als_valid_by_factors"] = {
-        str(k): _rounded(m, ("hitrate@10", "ndcg@10")) for k, m in by_factors.items()}
+    knn_best, knn_scorer_best, knn_valid = _select_on_validation(
+        "item-kNN", "neighbours", {k: knn_scorer(data.train, n, k) for k in neighbours}, data, log)
+    results["valid"]["item_knn"] = knn_valid[knn_best]
+    results["test"]["item_knn"] = st.evaluate(knn_scorer_best, test_h, data.test, n)
+    results["item_knn_refit"] = st.evaluate(knn_scorer(test_h, n, knn_best), test_h, data.test, n)
+    results["item_knn_neighbours"] = knn_best
+    results["item_knn_valid_by_neighbours"] = _rounded_by_setting(knn_valid)
+    als_best, als_scorer_best, als_valid = _select_on_validation(
+        "ALS", "factors", {f: als_scorer(data.train, n, f) for f in als_factors}, data, log)
+    results["valid"]["als"] = als_valid[als_best]
+    results["test"]["als"] = st.evaluate(als_scorer_best, test_h, data.test, n)
+    results["als_factors"] = als_best
+    results["als_valid_by_factors"] = _rounded_by_setting(als_valid)
     return results
 
 
@@ -364,10 +369,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     }
     report.update(run(data, config, args.knn_neighbours, log, args.als_factors))
     print(render_table(report))
-    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-    with open(args.out, "w", encoding="utf-8") as out:
-        json.dump(report, out, indent=2)
-        out.write("\n")
+    write_report(report, args.out)
     png = os.path.splitext(args.out)[0] + ".png"
     plot(report, png)
     print(f"wrote {args.out} and {png}")

@@ -51,7 +51,7 @@ import requests  # noqa: E402
 import tensorflow as tf  # noqa: E402
 from tensorflow_serving.apis import model_pb2, predict_pb2, prediction_service_pb2_grpc  # noqa: E402
 
-from bench.generate import machine_info  # noqa: E402
+from bench.generate import machine_info, write_report  # noqa: E402
 from shoprec import config, features  # noqa: E402
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -467,10 +467,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "scann_recall_1m": recalls,
         "targets": targets(results, recalls),
     }
-    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-    with open(args.out, "w", encoding="utf-8") as out_file:
-        json.dump(report, out_file, indent=2)
-        out_file.write("\n")
+    write_report(report, args.out)
     for check in report["targets"]:
         print(("MET    " if check["met"] else "MISSED ") + json.dumps(check), flush=True)
     print(f"wrote {args.out}")
