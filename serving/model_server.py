@@ -225,7 +225,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         _log.error("Failed to start server. Error: %s", err)
         return 1
 
-    # Before the first op runs: TensorFlow fixes its thread pools then.
+    # The sessions get the thread flags through ManagerOptions; the eager context (reading the
+    # warmup files) gets them here, before its first op, when TensorFlow fixes its pools.
     tf.config.threading.set_intra_op_parallelism_threads(args.tensorflow_intra_op_parallelism)
     tf.config.threading.set_inter_op_parallelism_threads(args.tensorflow_inter_op_parallelism)
     serving_metrics = metrics.ServingMetrics(log_successful_requests=args.log_requests)
@@ -236,6 +237,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             load_retry_interval_seconds=args.load_retry_interval_micros / 1e6,
             enable_model_warmup=args.enable_model_warmup,
             allow_version_labels_for_unavailable_models=args.allow_version_labels_for_unavailable_models,
+            intra_op_parallelism=args.tensorflow_intra_op_parallelism,
+            inter_op_parallelism=args.tensorflow_inter_op_parallelism,
         ),
         serving_metrics,
     )

@@ -23,6 +23,8 @@ import re
 import threading
 from collections.abc import Mapping, Sequence
 
+import tensorflow as tf
+
 from serving.errors import Code, ModelServerError, invalid_argument, not_found
 from serving.metrics import ServingMetrics
 from serving.model_config import ModelConfig
@@ -81,6 +83,10 @@ class ManagerOptions:
         load_retry_interval_seconds: Wait between retries.
         enable_model_warmup: Replay ``assets.extra/tf_serving_warmup_requests`` before serving.
         allow_version_labels_for_unavailable_models: Let a label name a version not loaded.
+        intra_op_parallelism: Threads one op may use in a version's session; 0: TensorFlow's
+            choice (``--tensorflow_intra_op_parallelism``).
+        inter_op_parallelism: Threads running independent ops at once; 0: TensorFlow's choice
+            (``--tensorflow_inter_op_parallelism``).
     """
 
     file_system_poll_wait_seconds: float = 1.0
@@ -88,6 +94,15 @@ class ManagerOptions:
     load_retry_interval_seconds: float = 60.0
     enable_model_warmup: bool = True
     allow_version_labels_for_unavailable_models: bool = False
+    intra_op_parallelism: int = 0
+    inter_op_parallelism: int = 0
+
+    def session_config(self) -> tf.compat.v1.ConfigProto:
+        """The ``ConfigProto`` of every version's session."""
+        return tf.compat.v1.ConfigProto(
+            intra_op_parallelism_threads=self.intra_op_parallelism,
+            inter_op_parallelism_threads=self.inter_op_parallelism,
+        )
 
 
 def _servable_id(name: str, version: int) -> str:
@@ -310,7 +325,7 @@ class ModelManager:
                 one bad version must never stop the poller that keeps the good ones serving.
         """
         try:
-            servable = Servable.load(self.name, version, export_dir)
+            servable = Servable.load(self.name, version, export_dir, self._options.session_config())
             if self._options.enable_model_warmup:
                 servable.warmup()
             return servable

@@ -15,7 +15,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
-from tensorflow.core.framework import tensor_pb2, tensor_shape_pb2
+from tensorflow.core.framework import tensor_pb2
 
 from serving import dtypes
 
@@ -105,16 +105,18 @@ def to_tensor_proto(array: np.ndarray | object, dtype_number: int | None = None)
     """
     values = np.asarray(array)
     dtype = dtypes.BY_NUMBER[dtype_number] if dtype_number else dtypes.for_numpy(values)
-    proto = tensor_pb2.TensorProto(
-        dtype=dtype.number,
-        tensor_shape=tensor_shape_pb2.TensorShapeProto(
-            dim=[tensor_shape_pb2.TensorShapeProto.Dim(size=size) for size in values.shape]
-        ),
-    )
+    proto = tensor_pb2.TensorProto(dtype=dtype.number)
+    for size in values.shape:
+        proto.tensor_shape.dim.add(size=size)
     flat = values.reshape(-1)
     field = getattr(proto, dtype.proto_field)
     if dtype.enum_name == "DT_STRING":
-        field.extend(_as_bytes(value) for value in flat)
+        elements = flat.tolist()
+        try:
+            field.extend(elements)  # all bytes: one C call
+        except TypeError:  # str elements to encode, or values that are not strings at all
+            del field[:]
+            field.extend(_as_bytes(value) for value in elements)
     elif dtype.enum_name == "DT_HALF":
         field.extend(flat.astype(np.float16).view(np.uint16).tolist())
     elif dtype.enum_name in ("DT_COMPLEX64", "DT_COMPLEX128"):
