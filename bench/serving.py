@@ -74,6 +74,8 @@ class Scenario:
       index: ``"brute_force"`` or ``"scann"``.
       source: ``"synthetic"`` (exported here) or ``"pipeline"`` (``--pipeline_model``).
       batching: serve with ``--enable_batching`` and the deploy batching parameters.
+      tf_threads: the server's ``--tensorflow_intra_op_parallelism`` and
+        ``--tensorflow_inter_op_parallelism`` (0: TensorFlow's choice, one thread per core).
     """
 
     name: str
@@ -81,13 +83,15 @@ class Scenario:
     index: str
     source: str
     batching: bool = False
+    tf_threads: int = 0
 
 
 SCENARIOS = {s.name: s for s in (
     Scenario("5k_pipeline", 5_000, "brute_force", "pipeline"),
-    Scenario("5k_pipeline_batching", 5_000, "brute_force", "pipeline", batching=True),
+    # Batching tuned for 2 cores shared with the client: one TensorFlow thread per pool.
+    Scenario("5k_pipeline_batching", 5_000, "brute_force", "pipeline", batching=True, tf_threads=1),
     Scenario("5k_synthetic", 5_000, "brute_force", "synthetic"),
-    Scenario("5k_synthetic_batching", 5_000, "brute_force", "synthetic", batching=True),
+    Scenario("5k_synthetic_batching", 5_000, "brute_force", "synthetic", batching=True, tf_threads=1),
     Scenario("1m_brute_force", 1_000_000, "brute_force", "synthetic"),
     Scenario("1m_scann", 1_000_000, "scann", "synthetic"),
 )}
@@ -130,7 +134,8 @@ def _dir_mib(path: str) -> float:
 class Server:
     """``python -m serving.model_server`` on 127.0.0.1 serving one base path, in a subprocess."""
 
-    def __init__(self, base_path: str, log_path: str, batching_parameters: str | None = None):
+    def __init__(self, base_path: str, log_path: str, batching_parameters: str | None = None,
+                 tf_threads: int = 0):
         self.base_path = base_path
         self.log_path = log_path
         self.grpc_port = portpicker.pick_unused_port()
@@ -140,6 +145,9 @@ class Server:
                      "--bind_address=127.0.0.1", "--file_system_poll_wait_seconds=0"]
         if batching_parameters:
             self.args += ["--enable_batching", f"--batching_parameters_file={batching_parameters}"]
+        if tf_threads:
+            self.args += [f"--tensorflow_intra_op_parallelism={tf_threads}",
+                          f"--tensorflow_inter_op_parallelism={tf_threads}"]
         self.process: subprocess.Popen | None = None
 
     @property
@@ -325,7 +333,8 @@ def run_scenario(scenario: Scenario, work_dir: str, args: argparse.Namespace,
         result.update(_export_in_subprocess(scenario, os.path.join(base_path, "1")))
     result["model_mib"] = round(_dir_mib(base_path), 1)
     server = Server(base_path, os.path.join(work_dir, f"{scenario.name}.server.log"),
-                    os.path.abspath(args.batching_parameters) if scenario.batching else None)
+                    os.path.abspath(args.batching_parameters) if scenario.batching else None,
+                    scenario.tf_threads)
     print(f"[{scenario.name}] starting the server ...", flush=True)
     try:
         result["server_start_to_available_seconds"] = round(server.start(), 1)

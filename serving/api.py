@@ -414,15 +414,19 @@ def create_app(components: Components) -> fastapi.FastAPI:
         return _error(error.status_code, error.message)
 
     @app.post("/recommend", response_model=RecommendResponse, responses=errors)
-    def recommend(body: RecommendBody) -> fastapi.Response:
-        """A scene's recommendations for a user (see the module docstring)."""
+    async def recommend(body: RecommendBody) -> fastapi.Response:
+        """A scene's recommendations for a user (see the module docstring).
+
+        It runs on the event loop and awaits the model (and a remote feature store), so
+        concurrent requests overlap there instead of each holding a worker thread.
+        """
         began = time.perf_counter()
         request = RecommendRequest(
             user_id=body.user_id, scene=body.scene, k=body.k,
             current_item=body.context.current_item, cart_items=tuple(body.context.cart_items),
             diversity=body.diversity, min_price=body.filters.min_price, max_price=body.filters.max_price,
             exclude_ids=tuple(body.filters.exclude_ids), exclude_purchased=body.filters.exclude_purchased)
-        result = service.recommend(request)
+        result = await service.recommend_async(request)
         # The dataclasses have RecommendResponse's fields; orjson writes them directly (no second
         # validation of our own output on the hot path).
         content = orjson.dumps(result)
@@ -565,7 +569,7 @@ def main(argv: Sequence[str] | None = None) -> int:
               components.feature_store.kind, args.event_log)
     server = uvicorn.Server(uvicorn.Config(
         create_app(components), host=args.host, port=args.port, log_config=None, log_level="warning",
-        access_log=False, http="httptools"))
+        access_log=False, http="httptools", loop="uvloop"))
     _log.info("serving on http://%s:%d", args.host, args.port)
     server.run()
     return 0

@@ -38,10 +38,14 @@ class _Task:
 
 @dataclasses.dataclass(eq=False)
 class _Queue:
-    """Requests that can share a batch; ``has_leader`` is true while one of them leads."""
+    """Requests that can share a batch; ``has_leader`` is true while one of them leads.
+
+    ``rows`` is the sum of the waiting tasks' rows.
+    """
 
     condition: threading.Condition = dataclasses.field(default_factory=threading.Condition)
     tasks: list[_Task] = dataclasses.field(default_factory=list)
+    rows: int = 0
     has_leader: bool = False
 
 
@@ -95,13 +99,14 @@ class BatchingPredictor:
             queue = self._queues.setdefault(key, _Queue())
         task = _Task(inputs, rows)
         with queue.condition:
-            waiting_rows = sum(waiting.rows for waiting in queue.tasks)
-            if waiting_rows + rows > self._parameters.max_enqueued_batches * max_batch_size:
+            if queue.rows + rows > self._parameters.max_enqueued_batches * max_batch_size:
                 raise ModelServerError(
                     Code.UNAVAILABLE, "The batch scheduling queue to which this task was submitted is full"
                 )
             queue.tasks.append(task)
-            queue.condition.notify_all()
+            queue.rows += rows
+            if queue.rows >= max_batch_size:  # the only thing the leader waits for, besides time
+                queue.condition.notify_all()
             if not queue.has_leader:
                 queue.has_leader = task.lead = True
         while not task.finished:
@@ -128,7 +133,7 @@ class BatchingPredictor:
         max_batch_size = self._parameters.max_batch_size
         deadline = time.monotonic() + self._parameters.batch_timeout_micros / 1e6
         with queue.condition:
-            while sum(task.rows for task in queue.tasks) < max_batch_size:
+            while queue.rows < max_batch_size:
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     break
@@ -138,6 +143,7 @@ class BatchingPredictor:
             while queue.tasks and batch_rows + queue.tasks[0].rows <= max_batch_size:
                 batch_rows += queue.tasks[0].rows
                 batch.append(queue.tasks.pop(0))
+            queue.rows -= batch_rows
             if queue.tasks:
                 queue.tasks[0].lead = True
                 queue.tasks[0].wakeup.set()

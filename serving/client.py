@@ -13,6 +13,10 @@ TF Serving, because it sends exactly TF Serving's requests::
     client.status()       # [VersionStatus(version=3, state='AVAILABLE', ...), ...]
     client.metadata().signatures["serving_default"].outputs["scores"].dtype  # 'DT_FLOAT'
 
+In an asyncio program, ``await client.predict_async(...)`` does the same without holding a thread
+while the model works: over gRPC it awaits the call's completion, signalled by gRPC's own
+thread; over REST it runs the request in the default executor.
+
 Inputs are cast to the dtypes of the signature (read once from the model metadata), so plain
 Python lists work on both protocols. String tensors come back as ``object`` arrays of ``bytes``
 (as ``tf.make_ndarray`` returns them); ``np.char.decode(a.astype(bytes), "utf-8")`` makes text.
@@ -24,6 +28,7 @@ The REST path needs only ``requests`` and NumPy; the gRPC path imports TensorFlo
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import threading
 import urllib.parse
@@ -112,6 +117,10 @@ class _Transport(Protocol):
         self, target: _Target, signature_name: str, signature: SignatureSpec, inputs: dict[str, np.ndarray]
     ) -> dict[str, np.ndarray]: ...
 
+    async def predict_async(
+        self, target: _Target, signature_name: str, signature: SignatureSpec, inputs: dict[str, np.ndarray]
+    ) -> dict[str, np.ndarray]: ...
+
     def status(self, target: _Target) -> list[VersionStatus]: ...
 
     def metadata(self, target: _Target) -> ModelMetadata: ...
@@ -191,6 +200,11 @@ class _RestTransport:
             arrays[name] = array
         return arrays
 
+    async def predict_async(
+        self, target: _Target, signature_name: str, signature: SignatureSpec, inputs: dict[str, np.ndarray]
+    ) -> dict[str, np.ndarray]:
+        return await asyncio.to_thread(self.predict, target, signature_name, signature, inputs)
+
     def status(self, target: _Target) -> list[VersionStatus]:
         reply = self._call("GET", self._url(target))
         return [
@@ -258,9 +272,28 @@ class _GrpcTransport:
         except self._grpc.RpcError as err:
             raise ModelServerError(Code[err.code().name], err.details() or "") from err
 
-    def predict(
-        self, target: _Target, signature_name: str, signature: SignatureSpec, inputs: dict[str, np.ndarray]
-    ) -> dict[str, np.ndarray]:
+    async def _call_async(self, method: Any, request: Any) -> Any:
+        """Like ``_call``, awaiting the call: gRPC's thread wakes the event loop when it is done."""
+        loop = asyncio.get_running_loop()
+        done = loop.create_future()
+
+        def settle(_: asyncio.Future) -> None:
+            if not done.done():  # the awaiting task may have been cancelled
+                done.set_result(None)
+
+        call = method.future(request, timeout=self._timeout)
+        call.add_done_callback(lambda _: loop.call_soon_threadsafe(settle, done))
+        try:
+            await done
+        except asyncio.CancelledError:
+            call.cancel()
+            raise
+        try:
+            return call.result()  # finished: does not block
+        except self._grpc.RpcError as err:
+            raise ModelServerError(Code[err.code().name], err.details() or "") from err
+
+    def _predict_request(self, target: _Target, signature_name: str, inputs: dict[str, np.ndarray]) -> Any:
         from tensorflow_serving.apis import predict_pb2
 
         from serving import tensor_codec
@@ -271,8 +304,25 @@ class _GrpcTransport:
                 request.inputs[name].CopyFrom(tensor_codec.to_tensor_proto(array))
             except ValueError as err:
                 raise ModelServerError(Code.INVALID_ARGUMENT, f"input {name}: {err}") from err
-        reply = self._call(self._prediction.Predict, request)
+        return request
+
+    @staticmethod
+    def _predict_outputs(reply: Any) -> dict[str, np.ndarray]:
+        from serving import tensor_codec
+
         return {name: tensor_codec.to_ndarray(proto) for name, proto in reply.outputs.items()}
+
+    def predict(
+        self, target: _Target, signature_name: str, signature: SignatureSpec, inputs: dict[str, np.ndarray]
+    ) -> dict[str, np.ndarray]:
+        request = self._predict_request(target, signature_name, inputs)
+        return self._predict_outputs(self._call(self._prediction.Predict, request))
+
+    async def predict_async(
+        self, target: _Target, signature_name: str, signature: SignatureSpec, inputs: dict[str, np.ndarray]
+    ) -> dict[str, np.ndarray]:
+        request = self._predict_request(target, signature_name, inputs)
+        return self._predict_outputs(await self._call_async(self._prediction.Predict, request))
 
     def status(self, target: _Target) -> list[VersionStatus]:
         from tensorflow_serving.apis import get_model_status_pb2
@@ -336,6 +386,10 @@ def _as_input_array(value: Any, spec: TensorSpec | None) -> np.ndarray:
     return array.astype(dtype.numpy_dtype)
 
 
+def _input_arrays(inputs: Mapping[str, Any], signature: SignatureSpec) -> dict[str, np.ndarray]:
+    return {name: _as_input_array(value, signature.inputs.get(name)) for name, value in inputs.items()}
+
+
 class ModelClient:
     """A client of one model on a TF Serving (or local model server) endpoint.
 
@@ -377,18 +431,30 @@ class ModelClient:
             raise ValueError("give a version or a label, not both")
         return _Target(self.model_name, version, label)
 
-    def _signature(self, target: _Target, signature_name: str) -> SignatureSpec:
-        """Returns a signature from the cached metadata, reading the metadata when it lacks it."""
+    def _cached_signature(self, target: _Target, signature_name: str) -> SignatureSpec | None:
         with self._lock:
             signatures = self._signatures.get(target)
-        if signatures is None or signature_name not in signatures:
-            signatures = self._transport.metadata(target).signatures
-            with self._lock:
-                self._signatures[target] = signatures
+        return None if signatures is None else signatures.get(signature_name)
+
+    def _signature(self, target: _Target, signature_name: str) -> SignatureSpec:
+        """Returns a signature from the cached metadata, reading the metadata when it lacks it."""
+        cached = self._cached_signature(target, signature_name)
+        if cached is not None:
+            return cached
+        signatures = self._transport.metadata(target).signatures
+        with self._lock:
+            self._signatures[target] = signatures
         if signature_name not in signatures:
             # Let the server word the error, exactly as TF Serving does.
             return SignatureSpec({}, {}, "")
         return signatures[signature_name]
+
+    def _forget_signatures(self, target: _Target, signature_name: str, err: _StaleSignature, attempt: int) -> None:
+        """After a reply that did not fit the cached metadata: drop it, or give up on a retry."""
+        if attempt:
+            raise ModelServerError(Code.INTERNAL, str(err)) from err
+        with self._lock:  # the model changed under the cached metadata: read it again
+            self._signatures.pop(target, None)
 
     def predict(
         self,
@@ -414,14 +480,34 @@ class ModelClient:
         target = self._target(version, label)
         for attempt in range(2):
             signature = self._signature(target, signature_name)
-            arrays = {name: _as_input_array(value, signature.inputs.get(name)) for name, value in inputs.items()}
             try:
-                return self._transport.predict(target, signature_name, signature, arrays)
+                return self._transport.predict(target, signature_name, signature, _input_arrays(inputs, signature))
             except _StaleSignature as err:
-                if attempt:
-                    raise ModelServerError(Code.INTERNAL, str(err)) from err
-                with self._lock:  # the model changed under the cached metadata: read it again
-                    self._signatures.pop(target, None)
+                self._forget_signatures(target, signature_name, err, attempt)
+        raise AssertionError("unreachable")
+
+    async def predict_async(
+        self,
+        inputs: Mapping[str, Any],
+        signature_name: str = DEFAULT_SIGNATURE_NAME,
+        version: int | None = None,
+        label: str | None = None,
+    ) -> dict[str, np.ndarray]:
+        """``predict`` for asyncio code: the same request, result and errors, awaited.
+
+        Reading the metadata (first use of a signature, or after the model changed) runs in the
+        default executor, so the event loop never waits on the network.
+        """
+        target = self._target(version, label)
+        for attempt in range(2):
+            signature = self._cached_signature(target, signature_name)
+            if signature is None:
+                signature = await asyncio.to_thread(self._signature, target, signature_name)
+            try:
+                return await self._transport.predict_async(
+                    target, signature_name, signature, _input_arrays(inputs, signature))
+            except _StaleSignature as err:
+                self._forget_signatures(target, signature_name, err, attempt)
         raise AssertionError("unreachable")
 
     def status(self, version: int | None = None) -> list[VersionStatus]:

@@ -71,9 +71,14 @@ class UserState:
 
 
 class FeatureStore(abc.ABC):
-    """Recent events and purchases per user, bounded and expiring."""
+    """Recent events and purchases per user, bounded and expiring.
+
+    ``kind`` names the store; ``remote`` says whether a call waits on the network (asyncio
+    callers then run it in a thread).
+    """
 
     kind: str
+    remote: bool
 
     def __init__(self, settings: StoreSettings) -> None:
         self.settings = settings
@@ -121,6 +126,7 @@ class RedisFeatureStore(FeatureStore):
     """
 
     kind = "redis"
+    remote = True
 
     def __init__(self, url: str, settings: StoreSettings, timeout_seconds: float = 0.25) -> None:
         super().__init__(settings)
@@ -182,6 +188,7 @@ class InMemoryFeatureStore(FeatureStore):
     """
 
     kind = "memory"
+    remote = False
     _SWEEP_EVERY = 4096  # writes between sweeps of expired users
 
     def __init__(self, settings: StoreSettings, clock: Callable[[], float] = time.monotonic) -> None:

@@ -284,6 +284,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 log_level="warning",
                 access_log=False,
                 lifespan="off",
+                loop="uvloop",
             )
         )
         rest_thread = threading.Thread(target=rest_server.run, name="rest", daemon=True)

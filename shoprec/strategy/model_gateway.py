@@ -9,6 +9,7 @@ similar-items route) and only then switches to it. A version unloaded under a re
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import logging
 import threading
@@ -147,9 +148,7 @@ class ModelGateway:
           ModelUnavailableError: no version is available.
           ModelServerError: the prediction failed.
         """
-        recent = list(history)[-self._history_length:]
-        padded = recent + [""] * (self._history_length - len(recent))
-        inputs = {features.USER_ID: [user_id], features.HISTORY: [padded]}
+        inputs = self._top_k_inputs(user_id, history)
         served = self.current()
         for attempt in range(2):
             try:
@@ -160,9 +159,35 @@ class ModelGateway:
                     raise
                 served = self._refreshed()  # the version went away: follow the server
                 continue
-            return (_text(outputs[features.OUTPUT_ITEM_IDS][0]),
-                    np.asarray(outputs[features.OUTPUT_SCORES][0], np.float64), served.version)
+            return self._top_k_result(outputs, served.version)
         raise AssertionError("unreachable")
+
+    async def top_k_async(self, user_id: str, history: Sequence[str]) -> tuple[list[str], np.ndarray, int]:
+        """``top_k`` for asyncio code: the same request, result and errors, awaited (a refresh
+        after NOT_FOUND runs in the default executor)."""
+        inputs = self._top_k_inputs(user_id, history)
+        served = self.current()
+        for attempt in range(2):
+            try:
+                outputs = await self._client.predict_async(
+                    inputs, signature_name=features.SIGNATURE_TOP_K_WITH_HISTORY, version=served.version)
+            except ModelServerError as err:
+                if attempt or err.code is not Code.NOT_FOUND:
+                    raise
+                served = await asyncio.to_thread(self._refreshed)
+                continue
+            return self._top_k_result(outputs, served.version)
+        raise AssertionError("unreachable")
+
+    def _top_k_inputs(self, user_id: str, history: Sequence[str]) -> dict[str, list]:
+        recent = list(history)[-self._history_length:]
+        padded = recent + [""] * (self._history_length - len(recent))
+        return {features.USER_ID: [user_id], features.HISTORY: [padded]}
+
+    @staticmethod
+    def _top_k_result(outputs: dict[str, np.ndarray], version: int) -> tuple[list[str], np.ndarray, int]:
+        return (_text(outputs[features.OUTPUT_ITEM_IDS][0]),
+                np.asarray(outputs[features.OUTPUT_SCORES][0], np.float64), version)
 
     def start_polling(self, interval_seconds: float) -> None:
         """Refreshes now (failures are logged) and then every ``interval_seconds`` in a thread."""

@@ -33,7 +33,11 @@ POPULARITY = "popularity"
 
 
 class Retriever(Protocol):
-    """A retrieval route."""
+    """A retrieval route.
+
+    A route that waits on the network also has ``async def retrieve_async(query)``, which the
+    service awaits instead of calling ``retrieve`` (see ``TwoTowerRetriever``).
+    """
 
     name: str
 
@@ -84,7 +88,16 @@ class TwoTowerRetriever:
         """Raises ``ModelUnavailableError`` or ``ModelServerError`` when the model cannot answer."""
         if not query.known_user and not query.model_history:
             return Candidates.empty(self.name)  # nothing personal to go on: leave it to fallbacks
-        item_ids, scores, version = self._gateway.top_k(query.user_id, query.model_history)
+        return self._candidates(query, *self._gateway.top_k(query.user_id, query.model_history))
+
+    async def retrieve_async(self, query: RetrievalQuery) -> Candidates:
+        """``retrieve`` for asyncio code: the model call is awaited."""
+        if not query.known_user and not query.model_history:
+            return Candidates.empty(self.name)
+        return self._candidates(query, *await self._gateway.top_k_async(query.user_id, query.model_history))
+
+    def _candidates(self, query: RetrievalQuery, item_ids: list[str], scores: np.ndarray,
+                    version: int) -> Candidates:
         rows = self._catalogue.rows_or_missing(item_ids)
         keep = rows >= 0  # ids the catalogue lacks are dropped
         keep[keep] = query.allowed[rows[keep]]

@@ -14,6 +14,7 @@ response: the service answers from what is left, down to popularity, instead of 
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import uuid
 from collections.abc import Mapping, Sequence
@@ -181,8 +182,33 @@ class RecommendationService:
           UnknownSceneError: the scene is not in the routing table.
         """
         retrieval = self.retrieve(request)
-        diversity = retrieval.scene.diversity if request.diversity is None else request.diversity
-        return self.finish(request, retrieval, diversity)
+        return self.finish(request, retrieval, self._diversity(request, retrieval))
+
+    async def recommend_async(self, request: RecommendRequest) -> Recommendation:
+        """``recommend`` for asyncio code: the same answer; the model call and a remote feature
+        store are awaited, so one event loop serves many requests at once.
+
+        Raises:
+          UnknownSceneError: the scene is not in the routing table.
+        """
+        scene = self.routing.scene(request.scene)
+        warnings: list[str] = []
+        if self.feature_store.remote:  # a round trip (or its timeout) must not hold the event loop
+            state = await asyncio.to_thread(self._user_state, request.user_id, warnings)
+        else:
+            state = self._user_state(request.user_id, warnings)
+        query, session_used, ignored = self._query(request, state, warnings)
+        lists = [(await self._run_route_async(route.route, query, warnings), route.weight) for route in scene.routes]
+        pool = fuse(lists, self.routing.fusion_k)
+        fallback = None
+        if self._needs_fallback(scene, pool):
+            fallback = await self._run_route_async(scene.fallback, query, warnings)
+        retrieval = self._retrieval(scene, query, lists, pool, fallback, ignored, warnings, session_used)
+        return self.finish(request, retrieval, self._diversity(request, retrieval))
+
+    @staticmethod
+    def _diversity(request: RecommendRequest, retrieval: Retrieval) -> float:
+        return retrieval.scene.diversity if request.diversity is None else request.diversity
 
     def _user_state(self, user_id: str, warnings: list[str]) -> UserState:
         try:
@@ -200,9 +226,21 @@ class RecommendationService:
         try:
             return self._routes[name].retrieve(query)
         except (ModelUnavailableError, ModelServerError) as err:
-            warnings.append(f"route {name} skipped, model unavailable: {err}")
-            self._count_degraded("model")
-            return Candidates.empty(name)
+            return self._skipped_route(name, err, warnings)
+
+    async def _run_route_async(self, name: str, query: RetrievalQuery, warnings: list[str]) -> Candidates:
+        retrieve_async = getattr(self._routes[name], "retrieve_async", None)
+        if retrieve_async is None:
+            return self._run_route(name, query, warnings)
+        try:
+            return await retrieve_async(query)
+        except (ModelUnavailableError, ModelServerError) as err:
+            return self._skipped_route(name, err, warnings)
+
+    def _skipped_route(self, name: str, err: Exception, warnings: list[str]) -> Candidates:
+        warnings.append(f"route {name} skipped, model unavailable: {err}")
+        self._count_degraded("model")
+        return Candidates.empty(name)
 
     def retrieve(self, request: RecommendRequest) -> Retrieval:
         """Runs every stage up to ranking: the request's ranked candidate pool.
@@ -212,6 +250,21 @@ class RecommendationService:
         """
         scene = self.routing.scene(request.scene)
         warnings: list[str] = []
+        state = self._user_state(request.user_id, warnings)
+        query, session_used, ignored = self._query(request, state, warnings)
+        lists = [(self._run_route(route.route, query, warnings), route.weight) for route in scene.routes]
+        pool = fuse(lists, self.routing.fusion_k)
+        fallback = self._run_route(scene.fallback, query, warnings) if self._needs_fallback(scene, pool) else None
+        return self._retrieval(scene, query, lists, pool, fallback, ignored, warnings, session_used)
+
+    def _query(self, request: RecommendRequest, state: UserState,
+               warnings: list[str]) -> tuple[RetrievalQuery, bool, list[str]]:
+        """The routes' query for a request and the user's live state.
+
+        Returns:
+          ``(query, session_used, ignored)``: whether live session events count, and the unknown
+          context item ids (also reported in ``warnings``).
+        """
         context_ids = ([request.current_item] if request.current_item is not None else []) + list(request.cart_items)
         _, ignored = self.catalogue.rows(context_ids)
         current_row = self.catalogue.row(request.current_item) if request.current_item is not None else None
@@ -221,7 +274,6 @@ class RecommendationService:
             if self._metrics is not None:
                 self._metrics.ignored_context_items.inc(amount=len(ignored))
 
-        state = self._user_state(request.user_id, warnings)
         session = [event for event in state.recent
                    if event.item_id in self.catalogue and event.event_type in features.EVENT_TYPES]
         session_rows, _ = self.catalogue.rows(event.item_id for event in session)
@@ -245,17 +297,23 @@ class RecommendationService:
             allowed=self._filters.allowed(spec, purchased, context_rows),
             limit=self.routing.pool_size,
         )
+        return query, bool(session), ignored
 
-        lists = [(self._run_route(route.route, query, warnings), route.weight) for route in scene.routes]
+    def _needs_fallback(self, scene: SceneSpec, pool: CandidatePool) -> bool:
+        return scene.fallback is not None and len(pool) < self.routing.pool_size
+
+    def _retrieval(self, scene: SceneSpec, query: RetrievalQuery, lists: list[tuple[Candidates, float]],
+                   pool: CandidatePool, fallback: Candidates | None, ignored: list[str], warnings: list[str],
+                   session_used: bool) -> Retrieval:
+        """Ranks the fused pool (the fallback's candidates below every primary one)."""
         versions = [candidates.model_version for candidates, _ in lists if candidates.model_version is not None]
-        pool = fuse(lists, self.routing.fusion_k)
-        if scene.fallback is not None and len(pool) < self.routing.pool_size:
+        if fallback is not None:
             # Below every primary candidate: it fills short lists (cold start, thin context) and
             # gives the diversity stage other categories to choose from.
-            pool = append_fallback(pool, self._run_route(scene.fallback, query, warnings), self.routing.pool_size)
+            pool = append_fallback(pool, fallback, self.routing.pool_size)
         pool = rank(pool, self._ranker.score(query, pool))
         return Retrieval(scene, query, pool, versions[0] if versions else None, tuple(ignored), tuple(warnings),
-                         bool(session))
+                         session_used)
 
     def finish(self, request: RecommendRequest, retrieval: Retrieval, diversity: float) -> Recommendation:
         """Applies diversity to a retrieval and builds the response."""

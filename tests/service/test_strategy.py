@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import os
 import time
@@ -18,6 +19,7 @@ from shoprec.strategy import retrievers
 from shoprec.strategy.catalogue import Catalogue
 from shoprec.strategy.context import Candidates, RetrievalQuery, SessionEvent
 from shoprec.strategy.diversity import intra_list_diversity, mmr
+from shoprec.strategy.model_gateway import ModelUnavailableError
 from shoprec.strategy.filters import BusinessFilters, Denylist, FilterSpec
 from shoprec.strategy.interactions import build_interactions, split_by_time, with_purchases
 from shoprec.strategy.ranking import RetrievalScoreRanker, append_fallback, fuse, rank
@@ -243,10 +245,13 @@ class FakeGateway:
         self.histories.append(tuple(history))
         return self.ranking, np.linspace(0.9, 0.1, len(self.ranking)), 7
 
+    async def top_k_async(self, user_id: str, history: tuple[str, ...]) -> tuple[list[str], np.ndarray, int]:
+        await asyncio.sleep(0)  # gives way, like a real call
+        return self.top_k(user_id, history)
 
-def test_service_feeds_the_session_to_the_model_and_explains_items(catalogue: Catalogue) -> None:
+
+def fake_service(catalogue: Catalogue, gateway: FakeGateway) -> tuple[RecommendationService, InMemoryFeatureStore]:
     signals = build_interactions(EVENTS, catalogue, history_length=20)
-    gateway = FakeGateway(["i5", "i6", "ghost", "i2", "i0", "i7", "i3"])
     routes = {retrievers.TWO_TOWER: retrievers.TwoTowerRetriever(gateway, catalogue),  # type: ignore[arg-type]
               retrievers.SESSION: retrievers.SessionInterestRetriever(catalogue, signals),
               retrievers.COMPLEMENTARY: retrievers.ComplementaryRetriever(signals),
@@ -256,6 +261,12 @@ def test_service_feeds_the_session_to_the_model_and_explains_items(catalogue: Ca
     service = RecommendationService(catalogue, signals, RoutingTable.from_dict(DEFAULT_ROUTING, routes), routes,
                                     store, None, BusinessFilters(catalogue, Denylist(catalogue, None)),
                                     RetrievalScoreRanker(), history_length=4)
+    return service, store
+
+
+def test_service_feeds_the_session_to_the_model_and_explains_items(catalogue: Catalogue) -> None:
+    gateway = FakeGateway(["i5", "i6", "ghost", "i2", "i0", "i7", "i3"])
+    service, store = fake_service(catalogue, gateway)
 
     result = service.recommend(RecommendRequest(user_id="u2", scene="home", k=3, diversity=0.0))
     assert gateway.histories[-1] == ("i0", "i1", "i0", "i5")
@@ -284,3 +295,34 @@ def test_service_feeds_the_session_to_the_model_and_explains_items(catalogue: Ca
     assert len(gateway.histories) == 3  # no profile, no history: the model is not asked
     with pytest.raises(UnknownSceneError):
         service.recommend(RecommendRequest(user_id="u1", scene="checkout"))
+
+
+def test_recommend_async_answers_exactly_as_recommend(catalogue: Catalogue) -> None:
+    gateway = FakeGateway(["i5", "i6", "ghost", "i2", "i0", "i7", "i3"])
+    service, store = fake_service(catalogue, gateway)
+    store.record([UserEvent("u2", SessionEvent("i3", features.CLICK, 500))])
+    requests = [RecommendRequest(user_id="u2", scene="home", k=3),
+                RecommendRequest(user_id="u2", scene="home", k=8, diversity=1.0, max_price=50.0),
+                RecommendRequest(user_id="new", scene="home", k=2, cart_items=("nope",)),
+                RecommendRequest(user_id="u1", scene="cart", k=4, cart_items=("i1",)),
+                RecommendRequest(user_id="u1", scene="detail", k=4, current_item="i2")]
+
+    async def all_async() -> list[Recommendation]:
+        return list(await asyncio.gather(*(service.recommend_async(request) for request in requests)))
+
+    expected = [service.recommend(request) for request in requests]
+    for got, wanted in zip(asyncio.run(all_async()), expected):
+        assert dataclasses.replace(got, request_id="") == dataclasses.replace(wanted, request_id="")
+    with pytest.raises(UnknownSceneError):
+        asyncio.run(service.recommend_async(RecommendRequest(user_id="u1", scene="checkout")))
+
+
+def test_recommend_async_skips_the_model_route_when_the_model_fails(catalogue: Catalogue) -> None:
+    class FailingGateway(FakeGateway):
+        async def top_k_async(self, user_id: str, history: tuple[str, ...]) -> tuple[list[str], np.ndarray, int]:
+            raise ModelUnavailableError("no model version is available")
+
+    service, _ = fake_service(catalogue, FailingGateway([]))
+    result = asyncio.run(service.recommend_async(RecommendRequest(user_id="u2", scene="home", k=3)))
+    assert len(result.items) == 3 and {item.route for item in result.items} <= {"session", "popularity"}
+    assert "route two_tower skipped, model unavailable: no model version is available" in result.warnings

@@ -6,6 +6,7 @@ messages are TF Serving's.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import concurrent.futures
 import re
@@ -604,3 +605,46 @@ def test_client_reports_an_unreachable_server_as_unavailable() -> None:
         with ModelClient(address, timeout_seconds=2) as client, pytest.raises(ModelServerError) as caught:
             client.status()
         assert caught.value.code.name == "UNAVAILABLE"
+
+
+@pytest.mark.parametrize("protocol", ["rest", "grpc"])
+def test_model_client_predict_async_matches_predict(shoprec_server: ServerProcess, protocol: str) -> None:
+    address = shoprec_server.rest_url if protocol == "rest" else f"grpc://{shoprec_server.grpc_target}"
+    inputs = {"user_id": ["u1", "u3", "stranger"], "history": [["v2_item1"], ["v2_item6"], ["x"]]}
+
+    async def concurrently(client: ModelClient) -> list[dict[str, np.ndarray]]:
+        return await asyncio.gather(*(client.predict_async(inputs, signature_name="with_history")
+                                      for _ in range(8)))
+
+    with ModelClient(address) as client:
+        expected = client.predict(inputs, signature_name="with_history")
+    with ModelClient(address) as client:  # a fresh client: the first call reads the metadata too
+        answers = asyncio.run(concurrently(client))
+        for outputs in answers:
+            assert outputs.keys() == expected.keys()
+            for name in expected:
+                assert outputs[name].dtype == expected[name].dtype
+                np.testing.assert_array_equal(outputs[name], expected[name])
+        with pytest.raises(ModelServerError) as not_found:
+            asyncio.run(client.predict_async({"user_id": ["u1"]}, version=1))
+        assert not_found.value.code.name == "NOT_FOUND"
+        assert not_found.value.message == f"Servable not found for request: Specific({config.MODEL_NAME}, 1)"
+        with pytest.raises(ModelServerError) as missing:
+            asyncio.run(client.predict_async({"user_id": ["u1"]}, signature_name="with_history"))
+        assert missing.value.code.name == "INVALID_ARGUMENT"
+        assert "history" in missing.value.message
+
+
+def test_grpc_predict_async_cancelled_while_waiting_cancels_the_call(shoprec_server: ServerProcess) -> None:
+    async def cancel_one(client: ModelClient) -> dict[str, np.ndarray]:
+        task = asyncio.ensure_future(client.predict_async({"user_id": ["u1"]}))
+        await asyncio.sleep(0)  # the call is in flight
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        return await client.predict_async({"user_id": ["u1"]})  # the client still works
+
+    with ModelClient(f"grpc://{shoprec_server.grpc_target}") as client:
+        client.metadata()  # cached: the first await is the Predict call itself
+        outputs = asyncio.run(cancel_one(client))
+    assert version_of_items(outputs["item_ids"]) == 2
