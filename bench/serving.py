@@ -469,7 +469,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                      "server_flags": "defaults (gRPC and REST threads 4 x CPUs, warmup on), "
                                      "--bind_address=127.0.0.1; *_batching scenarios add "
                                      "--enable_batching --batching_parameters_file=" + (
-                                         os.path.relpath(args.batching_parameters, REPO)),
+                                         os.path.relpath(args.batching_parameters, REPO)) +
+                                     " and, where a scenario's tf_threads is set, "
+                                     "--tensorflow_intra_op_parallelism and "
+                                     "--tensorflow_inter_op_parallelism of that value",
                      "client": "threads in one process on the same machine as the server; gRPC: "
                                "official stubs over one channel; REST: requests.Session per thread"},
         "scenarios": results,

@@ -277,12 +277,18 @@ class _GrpcTransport:
         loop = asyncio.get_running_loop()
         done = loop.create_future()
 
-        def settle(_: asyncio.Future) -> None:
+        def settle() -> None:
             if not done.done():  # the awaiting task may have been cancelled
                 done.set_result(None)
 
+        def wake(_: Any) -> None:  # on gRPC's thread
+            try:
+                loop.call_soon_threadsafe(settle)
+            except RuntimeError:  # the loop has closed: nobody awaits the call any more
+                pass
+
         call = method.future(request, timeout=self._timeout)
-        call.add_done_callback(lambda _: loop.call_soon_threadsafe(settle, done))
+        call.add_done_callback(wake)
         try:
             await done
         except asyncio.CancelledError:
