@@ -4,7 +4,6 @@ import os
 
 import pytest
 import tensorflow as tf
-from tfx.proto import example_gen_pb2
 from tfx.types import artifact_utils, standard_artifacts
 from tfx.utils import proto_utils
 

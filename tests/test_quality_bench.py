@@ -93,8 +93,8 @@ def test_the_benchmark_learns_a_next_item_pattern(negatives):
     report = quality.run(data, config, knn_neighbours=(10, 20), log=lines.append,
                          als_factors=(8,))
     assert set(report["test"]) == {"two_tower", "popularity", "item_knn", "als"}
-    for metrics in report["test"].values():
-        assert set(metrics) == {f"{m}@{k}" for m in ("hitrate", "ndcg") for k in (5, 10, 20)}
+    for method_metrics in report["test"].values():
+        assert set(method_metrics) == {f"{m}@{k}" for m in ("hitrate", "ndcg") for k in (5, 10, 20)}
     assert report["users_evaluated"] == 300
     training = report["training"]
     assert 1 <= training["best_epoch"] <= training["epochs_run"] <= TINY.epochs

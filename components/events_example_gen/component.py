@@ -8,7 +8,6 @@ from tfx.dsl.components.base import executor_spec
 from tfx.proto import example_gen_pb2
 
 from components.events_example_gen import executor
-from shoprec import features
 
 
 class EventsExampleGen(FileBasedExampleGen):
