@@ -455,7 +455,7 @@ class ModelClient:
             return SignatureSpec({}, {}, "")
         return signatures[signature_name]
 
-    def _forget_signatures(self, target: _Target, signature_name: str, err: _StaleSignature, attempt: int) -> None:
+    def _forget_signatures(self, target: _Target, err: _StaleSignature, attempt: int) -> None:
         """After a reply that did not fit the cached metadata: drop it, or give up on a retry."""
         if attempt:
             raise ModelServerError(Code.INTERNAL, str(err)) from err
@@ -489,7 +489,7 @@ class ModelClient:
             try:
                 return self._transport.predict(target, signature_name, signature, _input_arrays(inputs, signature))
             except _StaleSignature as err:
-                self._forget_signatures(target, signature_name, err, attempt)
+                self._forget_signatures(target, err, attempt)
         raise AssertionError("unreachable")
 
     async def predict_async(
@@ -513,7 +513,7 @@ class ModelClient:
                 return await self._transport.predict_async(
                     target, signature_name, signature, _input_arrays(inputs, signature))
             except _StaleSignature as err:
-                self._forget_signatures(target, signature_name, err, attempt)
+                self._forget_signatures(target, err, attempt)
         raise AssertionError("unreachable")
 
     def status(self, version: int | None = None) -> list[VersionStatus]:

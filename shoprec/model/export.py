@@ -130,8 +130,9 @@ class RetrievalServingModule(tf.Module):
         self.item_rows = _row_table(item_ids)
         self.user_age_groups = _string_table(user_ids, user_age_groups, "")
         self.user_histories = _string_table(user_ids, user_histories, "")
-        self.user_rows = _row_table(np.asarray(user_ids).astype(str))
-        self.user_queries = tf.Variable(self._snapshot_queries(np.asarray(user_ids).astype(str)),
+        snapshot_user_ids = np.asarray(user_ids).astype(str)
+        self.user_rows = _row_table(snapshot_user_ids)
+        self.user_queries = tf.Variable(self._snapshot_queries(snapshot_user_ids),
                                         trainable=False, name="user_queries")
         self._warmup = _warmup_sample(user_ids, user_histories, item_ids)
 
