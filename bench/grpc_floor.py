@@ -4,7 +4,8 @@ A Python gRPC server answers every ``PredictionService/Predict`` with a fixed 10
 (the shape of ``serving_default``'s), so the figures are what gRPC, protobuf and Python cost on
 this machine before any model runs. The load generator is the one of ``bench/serving.py`` (client
 threads with the official stubs over one channel, on the same machine). Both server flavours of
-grpcio are measured: the thread-pool server (what ``serving.model_server`` runs) and ``grpc.aio``::
+grpcio are measured: the thread-pool server and ``grpc.aio`` on uvloop (what ``serving.model_server``
+runs)::
 
     python -m bench.grpc_floor [--requests 4000] [--concurrency 1 8 32] [--out bench/results/grpc_floor.json]
 
@@ -15,7 +16,6 @@ model's own time.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import concurrent.futures
 import itertools
 import os
@@ -29,6 +29,7 @@ import grpc
 import numpy as np
 import portpicker
 import psutil
+import uvloop
 from tensorflow.core.framework import types_pb2
 from tensorflow_serving.apis import model_pb2, predict_pb2, prediction_service_pb2_grpc
 
@@ -38,7 +39,7 @@ from shoprec import config, features
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEFAULT_OUT = os.path.join(REPO, "bench", "results", "grpc_floor.json")
 FLAVOURS = ("thread_pool", "aio")
-THREADS = 4 * (os.cpu_count() or 1)  # serving.model_server's default --grpc_max_threads
+THREADS = 4 * (os.cpu_count() or 1)  # grpcio's usual pool size for a thread-pool server
 TOP_K = 100
 
 
@@ -83,7 +84,7 @@ def serve(flavour: str, port: int) -> None:
         await server.start()
         await server.wait_for_termination()
 
-    asyncio.run(run_aio())
+    uvloop.run(run_aio())
 
 
 def measure(flavour: str, concurrencies: Sequence[int], requests: int) -> list[dict[str, float]]:

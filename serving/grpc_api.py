@@ -1,5 +1,8 @@
 """TF Serving's gRPC API (port 8500) on the official protos and service definitions.
 
+The API runs on the server's event loop (``grpc.aio``; see :mod:`serving.predictors` for why);
+a model runs on a thread beside it, and a config reload in a worker thread.
+
 ``tensorflow.serving.PredictionService``: ``Predict`` and ``GetModelMetadata``
 (``Classify``, ``Regress`` and ``MultiInference`` answer UNIMPLEMENTED).
 ``tensorflow.serving.ModelService``: ``GetModelStatus`` and ``HandleReloadConfigRequest``.
@@ -10,10 +13,10 @@ than max").
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
-from collections.abc import Callable
-from concurrent import futures
+from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
 import grpc
@@ -33,7 +36,7 @@ from tensorflow_serving.apis import (
 from serving import model_config, responses, tensor_codec
 from serving.errors import Code, ModelServerError, invalid_argument
 from serving.metrics import GRPC, RequestRecord, ServingMetrics
-from serving.servable import PredictFunction
+from serving.predictors import Predictor
 from serving.server_core import ServableRequest, ServerCore
 
 _log = logging.getLogger(__name__)
@@ -50,16 +53,16 @@ def servable_request(spec: model_pb2.ModelSpec) -> ServableRequest:
     )
 
 
-def _answer(
+async def _answer(
     metrics: ServingMetrics,
-    context: grpc.ServicerContext,
+    context: grpc.aio.ServicerContext,
     record: RequestRecord,
-    work: Callable[[], Reply],
+    work: Callable[[], Awaitable[Reply]],
 ) -> Reply:
-    """Runs ``work``, records the request, and turns a failure into a gRPC status."""
+    """Awaits ``work``, records the request, and turns a failure into a gRPC status."""
     started = time.monotonic()
     try:
-        reply = work()
+        reply = await work()
     except ModelServerError as err:
         code, message = err.code, err.message
     except Exception as err:  # noqa: BLE001 - a bug must still answer, be logged and counted
@@ -69,12 +72,12 @@ def _answer(
         metrics.record_request(record, Code.OK, time.monotonic() - started)
         return reply
     metrics.record_request(record, code, time.monotonic() - started, message)
-    context.abort(grpc.StatusCode[code.name], message)
+    await context.abort(grpc.StatusCode[code.name], message)
     raise AssertionError("context.abort returned")  # abort always raises
 
 
-def _unimplemented(context: grpc.ServicerContext, method: str) -> None:
-    context.abort(
+async def _unimplemented(context: grpc.aio.ServicerContext, method: str) -> None:
+    await context.abort(
         grpc.StatusCode.UNIMPLEMENTED,
         f"The local model server does not implement {method}; use Predict",
     )
@@ -83,17 +86,19 @@ def _unimplemented(context: grpc.ServicerContext, method: str) -> None:
 class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
     """``tensorflow.serving.PredictionService``."""
 
-    def __init__(self, core: ServerCore, metrics: ServingMetrics, predict: PredictFunction) -> None:
+    def __init__(self, core: ServerCore, metrics: ServingMetrics, predictor: Predictor) -> None:
         self._core = core
         self._metrics = metrics
-        self._predict_function = predict
+        self._predictor = predictor
 
-    def Predict(self, request: predict_pb2.PredictRequest, context: grpc.ServicerContext) -> predict_pb2.PredictResponse:  # noqa: N802
+    async def Predict(  # noqa: N802
+        self, request: predict_pb2.PredictRequest, context: grpc.aio.ServicerContext
+    ) -> predict_pb2.PredictResponse:
         """Runs a signature of the servable the ModelSpec names."""
         record = RequestRecord(GRPC, "predict", request.model_spec.name)
-        return _answer(self._metrics, context, record, lambda: self._predict(request, record))
+        return await _answer(self._metrics, context, record, lambda: self._predict(request, record))
 
-    def _predict(self, request: predict_pb2.PredictRequest, record: RequestRecord) -> predict_pb2.PredictResponse:
+    async def _predict(self, request: predict_pb2.PredictRequest, record: RequestRecord) -> predict_pb2.PredictResponse:
         if not request.HasField("model_spec"):
             raise invalid_argument("Missing ModelSpec")
         servable = self._core.servable(servable_request(request.model_spec))
@@ -105,7 +110,7 @@ class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
                 inputs[alias] = tensor_codec.to_ndarray(tensor)
             except ValueError as err:
                 raise invalid_argument(f"tensor parsing error: {alias} ({err})") from err
-        result = self._predict_function(
+        result = await self._predictor.predict_async(
             servable, request.model_spec.signature_name, inputs, list(request.output_filter)
         )
         record.signature_name = result.signature_name
@@ -116,13 +121,13 @@ class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
             response.outputs[alias].CopyFrom(tensor_codec.to_tensor_proto(array))
         return response
 
-    def GetModelMetadata(  # noqa: N802
-        self, request: get_model_metadata_pb2.GetModelMetadataRequest, context: grpc.ServicerContext
+    async def GetModelMetadata(  # noqa: N802
+        self, request: get_model_metadata_pb2.GetModelMetadataRequest, context: grpc.aio.ServicerContext
     ) -> get_model_metadata_pb2.GetModelMetadataResponse:
         """Returns the SignatureDefMap of the servable the ModelSpec names."""
         record = RequestRecord(GRPC, "get_model_metadata", request.model_spec.name)
 
-        def work() -> get_model_metadata_pb2.GetModelMetadataResponse:
+        async def work() -> get_model_metadata_pb2.GetModelMetadataResponse:
             if not request.HasField("model_spec"):
                 raise invalid_argument("Missing ModelSpec")
             reply = responses.model_metadata(
@@ -131,19 +136,19 @@ class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
             record.model_version = str(reply.model_spec.version.value)
             return reply
 
-        return _answer(self._metrics, context, record, work)
+        return await _answer(self._metrics, context, record, work)
 
-    def Classify(self, request: classification_pb2.ClassificationRequest, context: grpc.ServicerContext) -> None:  # noqa: N802
+    async def Classify(self, request: classification_pb2.ClassificationRequest, context: grpc.aio.ServicerContext) -> None:  # noqa: N802
         """Not implemented by the local server."""
-        _unimplemented(context, "Classify")
+        await _unimplemented(context, "Classify")
 
-    def Regress(self, request: regression_pb2.RegressionRequest, context: grpc.ServicerContext) -> None:  # noqa: N802
+    async def Regress(self, request: regression_pb2.RegressionRequest, context: grpc.aio.ServicerContext) -> None:  # noqa: N802
         """Not implemented by the local server."""
-        _unimplemented(context, "Regress")
+        await _unimplemented(context, "Regress")
 
-    def MultiInference(self, request: inference_pb2.MultiInferenceRequest, context: grpc.ServicerContext) -> None:  # noqa: N802
+    async def MultiInference(self, request: inference_pb2.MultiInferenceRequest, context: grpc.aio.ServicerContext) -> None:  # noqa: N802
         """Not implemented by the local server."""
-        _unimplemented(context, "MultiInference")
+        await _unimplemented(context, "MultiInference")
 
 
 class ModelServicer(model_service_pb2_grpc.ModelServiceServicer):
@@ -153,52 +158,64 @@ class ModelServicer(model_service_pb2_grpc.ModelServiceServicer):
         self._core = core
         self._metrics = metrics
 
-    def GetModelStatus(  # noqa: N802
-        self, request: get_model_status_pb2.GetModelStatusRequest, context: grpc.ServicerContext
+    async def GetModelStatus(  # noqa: N802
+        self, request: get_model_status_pb2.GetModelStatusRequest, context: grpc.aio.ServicerContext
     ) -> get_model_status_pb2.GetModelStatusResponse:
         """Returns the state of one version, or of every version, of a model."""
         record = RequestRecord(GRPC, "get_model_status", request.model_spec.name)
 
-        def work() -> get_model_status_pb2.GetModelStatusResponse:
+        async def work() -> get_model_status_pb2.GetModelStatusResponse:
             if not request.HasField("model_spec"):
                 raise invalid_argument("Missing ModelSpec")
             spec = request.model_spec
             version = spec.version.value if spec.WhichOneof("version_choice") == "version" else None
             return responses.model_status(self._core, spec.name, version)
 
-        return _answer(self._metrics, context, record, work)
+        return await _answer(self._metrics, context, record, work)
 
-    def HandleReloadConfigRequest(  # noqa: N802
-        self, request: model_management_pb2.ReloadConfigRequest, context: grpc.ServicerContext
+    async def HandleReloadConfigRequest(  # noqa: N802
+        self, request: model_management_pb2.ReloadConfigRequest, context: grpc.aio.ServicerContext
     ) -> model_management_pb2.ReloadConfigResponse:
-        """Replaces the whole model config (models, policies, labels)."""
+        """Replaces the whole model config (models, policies, labels); loads off the loop."""
         record = RequestRecord(GRPC, "reload_config")
 
-        def work() -> model_management_pb2.ReloadConfigResponse:
-            self._core.apply_config(model_config.configs_from_proto(request.config))
+        async def work() -> model_management_pb2.ReloadConfigResponse:
+            configs = model_config.configs_from_proto(request.config)
+            await asyncio.to_thread(self._core.apply_config, configs)
             return model_management_pb2.ReloadConfigResponse()
 
-        return _answer(self._metrics, context, record, work)
+        return await _answer(self._metrics, context, record, work)
 
 
-def create_server(
+async def start_server(
     core: ServerCore,
     metrics: ServingMetrics,
-    predict: PredictFunction,
+    predictor: Predictor,
     *,
-    max_workers: int,
+    address: str,
     max_receive_bytes: int,
-) -> grpc.Server:
-    """Returns a gRPC server with both services added (no port bound, not started)."""
-    server = grpc.server(
-        futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="grpc"),
+) -> tuple[grpc.aio.Server, int]:
+    """Starts a ``grpc.aio`` server with both services on ``address``, on the running loop.
+
+    Returns:
+        The server and the port it listens on (0 when it cannot listen there; then it is not
+        started).
+    """
+    server = grpc.aio.server(
         options=[
             ("grpc.max_receive_message_length", max_receive_bytes),
             ("grpc.max_send_message_length", -1),
         ],
     )
     prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(
-        PredictionServicer(core, metrics, predict), server
+        PredictionServicer(core, metrics, predictor), server
     )
     model_service_pb2_grpc.add_ModelServiceServicer_to_server(ModelServicer(core, metrics), server)
-    return server
+    try:
+        port = server.add_insecure_port(address)
+    except RuntimeError as err:
+        _log.error("cannot listen for gRPC on %s: %s", address, err)
+        port = 0
+    if port:
+        await server.start()
+    return server, port

@@ -72,7 +72,12 @@ def build_parser() -> argparse.ArgumentParser:
     flag("rest_api_port", type=int, default=DEFAULT_REST_API_PORT, help="Port of the REST API; 0 turns it off.")
     flag("bind_address", default="0.0.0.0", help="Address both APIs listen on (this server only).")
     flag("rest_api_num_threads", type=int, default=4 * (os.cpu_count() or 1), help="Threads answering REST requests.")
-    flag("grpc_max_threads", type=int, default=4 * (os.cpu_count() or 1), help="Threads answering gRPC requests.")
+    flag(
+        "grpc_max_threads",
+        type=int,
+        default=4 * (os.cpu_count() or 1),
+        help="Models that may run at once for gRPC requests without batching (the gRPC API itself runs on one event loop).",
+    )
     flag(
         "max_request_bytes",
         type=int,
@@ -197,9 +202,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     import tensorflow as tf
 
     from serving import grpc_api, metrics, model_config, rest_api
-    from serving.batching import BatchingPredictor
     from serving.errors import ModelServerError
-    from serving.servable import run_predict
+    from serving.predictors import BatchingPredictor, DirectPredictor, Predictor, ServingLoop
     from serving.server_core import ManagerOptions, ServerCore
 
     try:
@@ -213,14 +217,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.monitoring_config_file:
             with open(args.monitoring_config_file, encoding="utf-8") as monitoring_file:
                 prometheus_path = model_config.parse_prometheus_path(monitoring_file.read())
-        predict = run_predict
+        batching_parameters = None
         if args.enable_batching:
-            parameters = model_config.BatchingParameters()
+            batching_parameters = model_config.BatchingParameters()
             if args.batching_parameters_file:
                 with open(args.batching_parameters_file, encoding="utf-8") as batching_file:
-                    parameters = model_config.parse_batching_parameters(batching_file.read())
-            predict = BatchingPredictor(parameters)
-            _log.info("Batching is on: %s", parameters)
+                    batching_parameters = model_config.parse_batching_parameters(batching_file.read())
+            _log.info("Batching is on: %s", batching_parameters)
     except (OSError, ModelServerError) as err:
         _log.error("Failed to start server. Error: %s", err)
         return 1
@@ -249,31 +252,35 @@ def main(argv: Sequence[str] | None = None) -> int:
         core.stop()
         return 1
 
-    grpc_server = grpc_api.create_server(
-        core,
-        serving_metrics,
-        predict,
-        max_workers=args.grpc_max_threads,
-        max_receive_bytes=args.max_request_bytes,
+    serving_loop = ServingLoop()
+    predictor: Predictor = (
+        BatchingPredictor(batching_parameters, serving_loop)
+        if batching_parameters is not None
+        else DirectPredictor(args.grpc_max_threads)
     )
     grpc_address = f"{args.bind_address}:{args.port}"
-    try:
-        bound_port = grpc_server.add_insecure_port(grpc_address)
-    except RuntimeError as err:
-        bound_port, bind_error = 0, err
-    else:
-        bind_error = None
-    if not bound_port:
-        _log.error("Failed to start server. Error: cannot listen for gRPC on %s (%s)", grpc_address, bind_error)
+    grpc_server, bound_port = serving_loop.run(
+        grpc_api.start_server(
+            core, serving_metrics, predictor, address=grpc_address, max_receive_bytes=args.max_request_bytes
+        )
+    )
+
+    def stop_serving() -> None:
+        serving_loop.run(grpc_server.stop(grace=5))
+        predictor.close()
+        serving_loop.close()
         core.stop()
+
+    if not bound_port:
+        _log.error("Failed to start server. Error: cannot listen for gRPC on %s", grpc_address)
+        stop_serving()
         return 1
-    grpc_server.start()
     _log.info("Running gRPC ModelServer at %s ...", grpc_address)
 
     rest_server = None
     rest_thread = None
     if args.rest_api_port:
-        handler = rest_api.RestApiHandler(core, serving_metrics, predict, prometheus_path)
+        handler = rest_api.RestApiHandler(core, serving_metrics, predictor, prometheus_path)
         app = rest_api.create_app(handler, args.max_request_bytes, args.rest_api_num_threads)
         rest_server = uvicorn.Server(
             uvicorn.Config(
@@ -293,8 +300,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             time.sleep(0.01)
         if not rest_server.started:
             _log.error("Failed to start server. Error: cannot listen for REST on port %d", args.rest_api_port)
-            grpc_server.stop(grace=None)
-            core.stop()
+            stop_serving()
             return 1
         _log.info("Exporting HTTP/REST API at:%s:%d ...", args.bind_address, args.rest_api_port)
 
@@ -319,8 +325,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if rest_server is not None and rest_thread is not None:
         rest_server.should_exit = True
         rest_thread.join(timeout=10)
-    grpc_server.stop(grace=5).wait()
-    core.stop()
+    stop_serving()
     _log.info("Server stopped")
     return 0
 

@@ -29,7 +29,7 @@ from starlette.routing import Route
 from serving import json_codec, responses
 from serving.errors import HTTP_PAYLOAD_TOO_LARGE, Code, ModelServerError, invalid_argument
 from serving.metrics import REST, RequestRecord, ServingMetrics
-from serving.servable import PredictFunction
+from serving.predictors import Predictor
 from serving.server_core import ServableRequest, ServerCore
 
 _log = logging.getLogger(__name__)
@@ -107,12 +107,12 @@ class RestApiHandler:
         self,
         core: ServerCore,
         metrics: ServingMetrics,
-        predict: PredictFunction,
+        predictor: Predictor,
         prometheus_path: str | None,
     ) -> None:
         self._core = core
         self._metrics = metrics
-        self._predict_function = predict
+        self._predictor = predictor
         self._prometheus_path = prometheus_path
 
     def handle(self, method: str, path: str, body: bytes) -> RestReply:
@@ -186,7 +186,7 @@ class RestApiHandler:
         if not input_dtypes:
             raise invalid_argument(f"Failed to get input map for signature: {signature_name or 'DEFAULT'}")
         inputs, request_format = json_codec.tensors_from_document(document, input_dtypes)
-        result = self._predict_function(servable, signature_name, inputs, ())
+        result = self._predictor.predict(servable, signature_name, inputs, ())
         record.signature_name = result.signature_name
         return json_codec.response_document(result.outputs, request_format)
 

@@ -384,6 +384,8 @@ class Servable:
                         feed=[signature_def.inputs[alias].name for alias in sorted(signature_def.inputs)],
                         fetch=[signature_def.outputs[alias].name for alias in outputs],
                     )
+                    if os.environ.get("XINLINE"):
+                        options.run_options.inter_op_thread_pool = -1
                     try:
                         run = self._session._make_callable_from_options(options)  # noqa: SLF001
                     except (tf.errors.OpError, KeyError, ValueError) as err:
@@ -452,13 +454,3 @@ class Servable:
         except ModelServerError as err:
             raise ModelServerError(err.code, f"Warmup record {index} failed: {err.message}") from err
 
-
-PredictFunction = Callable[[Servable, str, Mapping[str, np.ndarray], Sequence[str]], PredictResult]
-"""How the APIs run Predict: ``run_predict``, or a batcher that merges concurrent requests."""
-
-
-def run_predict(
-    servable: Servable, signature_name: str, inputs: Mapping[str, np.ndarray], output_filter: Sequence[str]
-) -> PredictResult:
-    """Runs one request on its own (the PredictFunction used without ``--enable_batching``)."""
-    return servable.predict(signature_name, inputs, output_filter)

@@ -20,6 +20,11 @@ from shoprec.model import export, scann_index
 NUM_ITEMS = 2000
 TOP_K = 20
 USERS = [f"u{i}" for i in range(200)] + ["never-seen-1", "never-seen-2"]
+# ScaNN trains its partitions with randomness of its own: recall@10 of the 2,000-item test index
+# against brute force was 0.936 to 0.998 over eight builds in one process, and 0.882 once in a test
+# run, so the tests only check that it is near brute force (a random top 10 scores 0.005);
+# bench/serving.py measures recall at 1,000,000 items.
+SCANN_RECALL_FLOOR = 0.8
 
 
 def recall_at_10(approximate: np.ndarray, exact: np.ndarray) -> float:
@@ -72,7 +77,7 @@ def test_scann_answers_k_distinct_catalogue_items_close_to_brute_force(exports: 
         assert np.all(np.diff(scores, axis=1) <= 1e-6)
     for row in results["approximate"]:
         assert len(set(row)) == TOP_K and set(row) <= catalogue
-    assert recall_at_10(results["approximate"], results["exact"]) >= 0.9
+    assert recall_at_10(results["approximate"], results["exact"]) >= SCANN_RECALL_FLOOR
     history = approximate.signatures[features.SIGNATURE_TOP_K_WITH_HISTORY](
         user_id=tf.constant(["u1", "nobody"]), history=tf.constant([["i1", "i2"], ["i3", ""]]))
     assert history[features.OUTPUT_ITEM_IDS].shape == (2, TOP_K)

@@ -6,6 +6,7 @@ import json
 import subprocess
 import sys
 import threading
+import time
 
 import numpy as np
 import pytest
@@ -13,9 +14,9 @@ import tensorflow as tf
 from tensorflow_serving.config import model_server_config_pb2
 
 from serving import dtypes, json_codec, model_server, tensor_codec
-from serving.batching import BatchingPredictor
 from serving.errors import Code, ModelServerError
 from serving.model_config import BatchingParameters, VersionPolicy, configs_from_proto, parse_batching_parameters
+from serving.predictors import BatchingPredictor, DirectPredictor, ServingLoop
 from serving.servable import PredictResult
 from tests.serving.conftest import REPO_ROOT
 
@@ -163,40 +164,135 @@ def test_batching_parameters_parse_and_refuse_unknown_fields() -> None:
 
 
 class _RecordingServable:
-    """Stands in for a Servable: doubles its input and records the batch sizes it ran."""
+    """Stands in for a Servable: doubles its input and records the batch sizes it ran.
 
-    def __init__(self) -> None:
+    ``gate``, when given, holds every run until it is set; ``fail_with`` is raised by every run.
+    """
+
+    def __init__(self, gate: threading.Event | None = None, fail_with: BaseException | None = None) -> None:
         self.batch_sizes: list[int] = []
+        self.gate = gate
+        self.fail_with = fail_with
 
     def predict(self, signature_name: str, inputs: dict, output_filter: object) -> PredictResult:
+        if self.gate is not None:
+            self.gate.wait(timeout=10)
+        if self.fail_with is not None:
+            raise self.fail_with
         self.batch_sizes.append(len(inputs["x"]))
         return PredictResult({"y": inputs["x"] * 2}, signature_name or "serving_default")
 
 
-def test_batching_merges_concurrent_requests_and_splits_their_rows() -> None:
-    servable = _RecordingServable()
-    predictor = BatchingPredictor(BatchingParameters(max_batch_size=8, batch_timeout_micros=2_000_000))
-    results: dict[int, np.ndarray] = {}
-    started = threading.Barrier(4)
+@pytest.fixture()
+def serving_loop() -> ServingLoop:
+    loop = ServingLoop("test-serving-loop")
+    yield loop
+    loop.close()
+
+
+def _ask_concurrently(predictor: BatchingPredictor, servable: _RecordingServable, row_counts: list[int]) -> list:
+    """Sends one request per entry of ``row_counts`` from as many threads; returns outputs or errors."""
+    answers: list = [None] * len(row_counts)
+    started = threading.Barrier(len(row_counts))
 
     def ask(index: int) -> None:
-        rows = np.full([index + 1, 2], index, np.float32)
+        rows = np.full([row_counts[index], 2], index, np.float32)
         started.wait()
-        results[index] = predictor(servable, "", {"x": rows}, ()).outputs["y"]
+        try:
+            answers[index] = predictor.predict(servable, "", {"x": rows}, ()).outputs["y"]
+        except ModelServerError as err:
+            answers[index] = err
 
-    threads = [threading.Thread(target=ask, args=(index,)) for index in range(4)]
+    threads = [threading.Thread(target=ask, args=(index,)) for index in range(len(row_counts))]
     for thread in threads:
         thread.start()
     for thread in threads:
-        thread.join(timeout=10)
+        thread.join(timeout=20)
+    return answers
+
+
+def test_batching_merges_concurrent_requests_and_splits_their_rows(serving_loop: ServingLoop) -> None:
+    servable = _RecordingServable()
+    predictor = BatchingPredictor(BatchingParameters(max_batch_size=8, batch_timeout_micros=2_000_000), serving_loop)
+    answers = _ask_concurrently(predictor, servable, [1, 2, 3, 4])
     for index in range(4):
-        np.testing.assert_array_equal(results[index], np.full([index + 1, 2], 2 * index, np.float32))
+        np.testing.assert_array_equal(answers[index], np.full([index + 1, 2], 2 * index, np.float32))
     assert sum(servable.batch_sizes) == 1 + 2 + 3 + 4
     assert len(servable.batch_sizes) < 4 and max(servable.batch_sizes) <= 8  # some requests shared a batch
-    error = _error(lambda: predictor(servable, "", {"x": np.zeros([9, 2])}, ()))
+    error = _error(lambda: predictor.predict(servable, "", {"x": np.zeros([9, 2])}, ()))
     assert error.message == "Task size 9 is larger than maximum input batch size 8"
-    error = _error(lambda: predictor(servable, "", {"x": np.zeros([2]), "z": np.zeros([3])}, ()))
+    error = _error(lambda: predictor.predict(servable, "", {"x": np.zeros([2]), "z": np.zeros([3])}, ()))
     assert error.message == "Batching Run() input tensors must have equal 0th-dimension size"
+    predictor.close()
+
+
+def test_a_full_batch_runs_without_waiting_for_the_timeout(serving_loop: ServingLoop) -> None:
+    servable = _RecordingServable()
+    predictor = BatchingPredictor(BatchingParameters(max_batch_size=4, batch_timeout_micros=30_000_000), serving_loop)
+    began = time.monotonic()
+    answers = _ask_concurrently(predictor, servable, [1, 1, 1, 1])
+    assert time.monotonic() - began < 10  # the 30 s timeout never ran out
+    assert servable.batch_sizes == [4]
+    assert [float(answer[0, 0]) for answer in answers] == [0.0, 2.0, 4.0, 6.0]
+    predictor.close()
+
+
+def test_a_failed_batch_fails_every_request_in_it(serving_loop: ServingLoop) -> None:
+    parameters = BatchingParameters(max_batch_size=2, batch_timeout_micros=5_000_000)
+    refused = ModelServerError(Code.INVALID_ARGUMENT, "bad rows")
+    predictor = BatchingPredictor(parameters, serving_loop)
+    answers = _ask_concurrently(predictor, _RecordingServable(fail_with=refused), [1, 1])
+    assert [answer.message for answer in answers] == ["bad rows", "bad rows"]
+    answers = _ask_concurrently(predictor, _RecordingServable(fail_with=ZeroDivisionError("boom")), [1, 1])
+    assert {(answer.code, answer.message) for answer in answers} == {
+        (Code.INTERNAL, "Batch failed: ZeroDivisionError: boom")
+    }
+    predictor.close()
+
+
+def test_batching_refuses_a_request_when_the_queue_is_full(serving_loop: ServingLoop) -> None:
+    gate = threading.Event()
+    servable = _RecordingServable(gate=gate)
+    parameters = BatchingParameters(max_batch_size=2, batch_timeout_micros=5_000_000, max_enqueued_batches=1)
+    predictor = BatchingPredictor(parameters, serving_loop)
+    results: list = []
+    # The first batch runs (held by the gate); the second waits for the one batch thread.
+    first = [threading.Thread(target=lambda: results.append(predictor.predict(servable, "", {"x": np.ones([2, 2])}, ())))
+             for _ in range(2)]
+    for thread in first:
+        thread.start()
+        time.sleep(0.3)
+    error = _error(lambda: predictor.predict(servable, "", {"x": np.ones([1, 2])}, ()))
+    assert (error.code, error.message) == (
+        Code.UNAVAILABLE, "The batch scheduling queue to which this task was submitted is full"
+    )
+    gate.set()
+    for thread in first:
+        thread.join(timeout=10)
+    assert len(results) == 2 and servable.batch_sizes == [2, 2]
+    predictor.close()
+
+
+def test_serving_loop_refuses_to_wait_for_itself(serving_loop: ServingLoop) -> None:
+    async def inner() -> None:
+        async def nothing() -> None:
+            return None
+
+        serving_loop.run(nothing())
+
+    with pytest.raises(RuntimeError, match="on the loop's own thread"):
+        serving_loop.run(inner())
+
+
+def test_direct_predictor_runs_on_the_caller_or_beside_the_loop(serving_loop: ServingLoop) -> None:
+    servable = _RecordingServable()
+    predictor = DirectPredictor(num_threads=2)
+    rows = np.ones([3, 2], np.float32)
+    np.testing.assert_array_equal(predictor.predict(servable, "", {"x": rows}, ()).outputs["y"], rows * 2)
+    result = serving_loop.run(predictor.predict_async(servable, "", {"x": rows}, ()))
+    np.testing.assert_array_equal(result.outputs["y"], rows * 2)
+    assert servable.batch_sizes == [3, 3]
+    predictor.close()
 
 
 # --- command line and client weight -----------------------------------------------------------------

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import grpc
 import numpy as np
@@ -23,7 +24,7 @@ from serving.errors import Code, ModelServerError
 from shoprec import features
 from shoprec.model import export, scann_index
 from tests.serving.conftest import SERVER_START_TIMEOUT_S, ServerProcess, _launch, _stop, _wait_until_serving
-from tests.test_export import NUM_ITEMS, TOP_K, USERS, recall_at_10
+from tests.test_export import NUM_ITEMS, SCANN_RECALL_FLOOR, TOP_K, USERS, recall_at_10
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -31,12 +32,19 @@ MODELS = ("synthetic_brute_force", "synthetic_scann")
 
 
 @pytest.fixture(scope="module")
-def scann_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
-    """A server with both exports (version 1 each), started once for the module."""
+def export_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Both exports, as ``<root>/<model>/1``."""
     root = tmp_path_factory.mktemp("scann_server")
     export.synthetic_serving_module(NUM_ITEMS, TOP_K).save(str(root / MODELS[0] / "1"))
     export.synthetic_serving_module(NUM_ITEMS, TOP_K, scann=scann_index.ScannConfig()).save(
         str(root / MODELS[1] / "1"))
+    return root
+
+
+@pytest.fixture(scope="module")
+def scann_server(export_root: Path) -> Iterator[ServerProcess]:
+    """A server with both exports (version 1 each), started once for the module."""
+    root = export_root
     config_path = root / "models.config"
     config_path.write_text("model_config_list {\n" + "".join(
         f'  config {{ name: "{name}" base_path: "{root / name}" model_platform: "tensorflow" }}\n'
@@ -70,13 +78,19 @@ def test_both_exports_load_with_their_warmup_replayed(scann_server: ServerProces
                 f"Number of warmup records read: {records}.") in log
 
 
-def test_scann_model_serves_k_distinct_items_close_to_brute_force(scann_server: ServerProcess) -> None:
+def test_scann_model_serves_k_distinct_items_close_to_brute_force(
+    scann_server: ServerProcess, export_root: Path
+) -> None:
     exact, approximate = (_top_items(scann_server, model) for model in MODELS)
     assert approximate.shape == (len(USERS), TOP_K)
     catalogue = {f"i{i}".encode() for i in range(NUM_ITEMS)}
     for row in approximate:
         assert len(set(row)) == TOP_K and set(row) <= catalogue
-    assert recall_at_10(approximate, exact) >= 0.9
+    # The server answers exactly what the same export answers in this process.
+    in_process = export.load_exported(str(export_root / MODELS[1] / "1"))
+    expected = in_process.signatures[features.SIGNATURE_TOP_K](**{features.USER_ID: tf.constant(USERS)})
+    np.testing.assert_array_equal(approximate, expected[features.OUTPUT_ITEM_IDS].numpy())
+    assert recall_at_10(approximate, exact) >= SCANN_RECALL_FLOOR
 
 
 def test_unknown_custom_op_fails_the_load_with_not_found() -> None:
