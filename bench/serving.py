@@ -466,7 +466,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         "machine": {**machine_info(), **_library_versions()},
         "settings": {"requests_per_run": args.requests, "max_seconds_per_run": args.max_seconds,
                      "concurrency": args.concurrency, "top_k": TOP_K,
-                     "server_flags": "defaults (gRPC and REST threads 4 x CPUs, warmup on), "
+                     "server_flags": "defaults (gRPC on one event loop, models of unbatched gRPC "
+                                     "requests and REST on 4 x CPUs threads, warmup on), "
                                      "--bind_address=127.0.0.1; *_batching scenarios add "
                                      "--enable_batching --batching_parameters_file=" + (
                                          os.path.relpath(args.batching_parameters, REPO)) +

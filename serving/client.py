@@ -307,7 +307,7 @@ class _GrpcTransport:
         request = predict_pb2.PredictRequest(model_spec=self._spec(target, signature_name))
         for name, array in inputs.items():
             try:
-                request.inputs[name].CopyFrom(tensor_codec.to_tensor_proto(array))
+                tensor_codec.write_tensor_proto(array, request.inputs[name])
             except ValueError as err:
                 raise ModelServerError(Code.INVALID_ARGUMENT, f"input {name}: {err}") from err
         return request

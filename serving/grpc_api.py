@@ -118,7 +118,7 @@ class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
             model_spec=responses.model_spec(servable.model_name, servable.version, result.signature_name)
         )
         for alias, array in result.outputs.items():
-            response.outputs[alias].CopyFrom(tensor_codec.to_tensor_proto(array))
+            tensor_codec.write_tensor_proto(array, response.outputs[alias])
         return response
 
     async def GetModelMetadata(  # noqa: N802

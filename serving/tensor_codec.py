@@ -103,9 +103,21 @@ def to_tensor_proto(array: np.ndarray | object, dtype_number: int | None = None)
     Raises:
         ValueError: The values cannot be written as that DataType.
     """
+    proto = tensor_pb2.TensorProto()
+    write_tensor_proto(array, proto, dtype_number)
+    return proto
+
+
+def write_tensor_proto(
+    array: np.ndarray | object, proto: tensor_pb2.TensorProto, dtype_number: int | None = None
+) -> None:
+    """Writes an array into an empty TensorProto in place (a request's or reply's map entry).
+
+    Same arguments and errors as :func:`to_tensor_proto`, which it saves a copy of the values.
+    """
     values = np.asarray(array)
     dtype = dtypes.BY_NUMBER[dtype_number] if dtype_number else dtypes.for_numpy(values)
-    proto = tensor_pb2.TensorProto(dtype=dtype.number)
+    proto.dtype = dtype.number
     for size in values.shape:
         proto.tensor_shape.dim.add(size=size)
     flat = values.reshape(-1)
@@ -124,4 +136,3 @@ def to_tensor_proto(array: np.ndarray | object, dtype_number: int | None = None)
         field.extend(np.stack([complex_values.real, complex_values.imag], axis=1).reshape(-1).tolist())
     else:
         field.extend(flat.astype(dtype.numpy_dtype).tolist())
-    return proto

@@ -11,6 +11,7 @@ import time
 import numpy as np
 import pytest
 import tensorflow as tf
+from tensorflow_serving.apis import predict_pb2
 from tensorflow_serving.config import model_server_config_pb2
 
 from serving import dtypes, json_codec, model_server, tensor_codec
@@ -120,6 +121,9 @@ def test_request_document_errors() -> None:
 def test_tensor_protos_match_tensorflow(array: np.ndarray) -> None:
     ours = tensor_codec.to_tensor_proto(array)
     assert not ours.tensor_content  # typed fields, as TF Serving's Predict replies
+    reply = predict_pb2.PredictResponse()
+    tensor_codec.write_tensor_proto(array, reply.outputs["y"])  # in place, as the gRPC API writes
+    assert reply.outputs["y"] == ours
     np.testing.assert_array_equal(tf.make_ndarray(ours), array)
     np.testing.assert_array_equal(tensor_codec.to_ndarray(tf.make_tensor_proto(array)), array)
 
