@@ -205,6 +205,9 @@ async def start_server(
         options=[
             ("grpc.max_receive_message_length", max_receive_bytes),
             ("grpc.max_send_message_length", -1),
+            # gRPC shares a port between servers by default: a second server would then take
+            # half of the connections silently instead of failing to start.
+            ("grpc.so_reuseport", 0),
         ],
     )
     prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(

@@ -9,12 +9,13 @@ import threading
 import time
 
 import numpy as np
+import portpicker
 import pytest
 import tensorflow as tf
 from tensorflow_serving.apis import predict_pb2
 from tensorflow_serving.config import model_server_config_pb2
 
-from serving import dtypes, json_codec, model_server, tensor_codec
+from serving import dtypes, grpc_api, json_codec, model_server, tensor_codec
 from serving.errors import Code, ModelServerError
 from serving.model_config import BatchingParameters, VersionPolicy, configs_from_proto, parse_batching_parameters
 from serving.predictors import BatchingPredictor, DirectPredictor, ServingLoop
@@ -286,6 +287,19 @@ def test_serving_loop_refuses_to_wait_for_itself(serving_loop: ServingLoop) -> N
 
     with pytest.raises(RuntimeError, match="on the loop's own thread"):
         serving_loop.run(inner())
+
+
+def test_grpc_server_refuses_a_port_another_server_listens_on(serving_loop: ServingLoop) -> None:
+    address = f"127.0.0.1:{portpicker.pick_unused_port()}"
+
+    def start() -> tuple:
+        return serving_loop.run(grpc_api.start_server(None, None, None, address=address, max_receive_bytes=1024))
+
+    first, first_port = start()
+    second, second_port = start()
+    assert first_port == int(address.rsplit(":", 1)[1])
+    assert second_port == 0  # refused, not shared
+    serving_loop.run(first.stop(None))
 
 
 def test_direct_predictor_runs_on_the_caller_or_beside_the_loop(serving_loop: ServingLoop) -> None:
