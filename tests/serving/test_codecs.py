@@ -7,6 +7,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
 
 import numpy as np
 import portpicker
@@ -189,7 +190,7 @@ class _RecordingServable:
 
 
 @pytest.fixture()
-def serving_loop() -> ServingLoop:
+def serving_loop() -> Iterator[ServingLoop]:
     loop = ServingLoop("test-serving-loop")
     yield loop
     loop.close()
