@@ -1,6 +1,5 @@
 # Common entry points. Each target installs the venv first (reused while the lock is unchanged).
 PY := .venv/bin/python
-export TF_USE_LEGACY_KERAS := 1
 
 .PHONY: install services run test test-fast bench generate
 install:

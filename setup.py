@@ -11,7 +11,8 @@ setuptools.setup(
     version="0.1.0",
     description="A production e-commerce recommender on TFX: pipeline, serving, strategy, experiments.",
     python_requires=">=3.11,<3.12",
-    packages=setuptools.find_packages(include=["shoprec*", "components*", "pipeline*", "serving*"]),
+    packages=setuptools.find_packages(include=["shoprec*", "components*", "pipeline*", "serving*", "service*",
+                                               "experiments*", "ui*"]),
     py_modules=["transform_module", "trainer_module"],
     package_data={"pipeline": ["schema/*.pbtxt"]},
     install_requires=[

@@ -5,25 +5,22 @@ of :class:`shoprec.config.TrainConfig`, ``history_length``, ``items_path`` (the 
 ``items.csv``) and, for the tuner, ``tuner_trials``).
 """
 
-import os
 
-os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
+import dataclasses
+from typing import Any
 
-import dataclasses  # noqa: E402
-from typing import Any  # noqa: E402
+import keras_tuner
+import numpy as np
+import tensorflow as tf
+import tensorflow_transform as tft
+from absl import logging
+from tfx import v1 as tfx
+from tfx_bsl.public import tfxio
 
-import keras_tuner  # noqa: E402
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-import tensorflow as tf  # noqa: E402
-import tensorflow_transform as tft  # noqa: E402
-from absl import logging  # noqa: E402
-from tfx import v1 as tfx  # noqa: E402
-from tfx_bsl.public import tfxio  # noqa: E402
-
-from shoprec import features  # noqa: E402
-from shoprec.config import TrainConfig  # noqa: E402
-from shoprec.model import export, scann_index, two_tower  # noqa: E402
+from shoprec import features
+from shoprec.config import TrainConfig
+from shoprec.data import canonical
+from shoprec.model import export, scann_index, two_tower
 
 _SNAPSHOT_COLUMNS = (features.USER_ID, features.AGE_GROUP_FEATURE.transformed_name,
                      features.HISTORY_FEATURE.transformed_name,
@@ -83,9 +80,7 @@ def user_snapshot(columns: dict[str, np.ndarray], tft_output: tft.TFTransformOut
 
 def read_catalogue(items_path: str) -> dict[str, np.ndarray]:
     """The raw catalogue columns from ``items.csv``."""
-    with tf.io.gfile.GFile(items_path) as f:
-        items = pd.read_csv(f, dtype={features.ITEM_ID: str, features.CATEGORY: str,
-                                      features.BRAND: str})
+    items = canonical.read_table(items_path)
     return {f.name: items[f.name].to_numpy() for f in (features.ITEM_ID_FEATURE,)
             + features.ITEM_ATTRIBUTES}
 

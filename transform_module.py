@@ -14,15 +14,12 @@
   filled with a default) becomes a constant, so the towers get no signal from it.
 """
 
-import os
 
-os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
+import tensorflow as tf
+import tensorflow_transform as tft
 
-import tensorflow as tf  # noqa: E402
-import tensorflow_transform as tft  # noqa: E402
-
-from shoprec import features  # noqa: E402
-from shoprec.config import SplitConfig  # noqa: E402
+from shoprec import features
+from shoprec.config import SplitConfig
 
 HISTORY_LENGTH = SplitConfig.history_length  # default; the pipeline passes its own in custom_config
 

@@ -97,7 +97,7 @@ def _run_in_subprocess(events: int) -> dict[str, object]:
             [sys.executable, os.path.abspath(__file__), "--one-size", str(events),
              "--shop-dir", out_dir],
             check=True, capture_output=True, text=True, cwd=REPO,
-            env={**os.environ, "TF_USE_LEGACY_KERAS": "1"})
+            env=dict(os.environ))
     return json.loads(completed.stdout)
 
 

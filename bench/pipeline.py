@@ -32,7 +32,7 @@ def run_once(events: int, output_dir: str) -> dict[str, object]:
     """Runs the pipeline on a generated shop of ``events`` events; returns its figures."""
     command = [sys.executable, "-m", "pipeline.local_runner", "--output_dir", output_dir,
                "--events", str(events)]
-    env = dict(os.environ, TF_USE_LEGACY_KERAS="1")
+    env = dict(os.environ)
     began = time.perf_counter()
     cpu_before = resource.getrusage(resource.RUSAGE_CHILDREN)
     log_path = os.path.join(output_dir, "runner.log")

@@ -41,7 +41,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                    "--bless_below_popularity", "--min_ndcg", "0"]
         with open(os.path.join(output_dir, f"{pooling}.log"), "w") as log:
             subprocess.run(command, cwd=REPO, stdout=log, stderr=subprocess.STDOUT, check=True,
-                           env=dict(os.environ, TF_USE_LEGACY_KERAS="1"))
+                           env=dict(os.environ))
         with open(os.path.join(output_dir, "run_summary.json")) as f:
             summary = json.load(f)
         metrics = summary["metrics"]

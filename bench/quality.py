@@ -16,25 +16,21 @@ The data is read from ``../shared/datasets/amazon-beauty`` (relative to the repo
 
 from __future__ import annotations
 
+import argparse
+import dataclasses
 import os
+import sys
+import tempfile
+import time
+from typing import Callable, Sequence
 
-os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
+import numpy as np
 
-import argparse  # noqa: E402
-import dataclasses  # noqa: E402
-import sys  # noqa: E402
-import tempfile  # noqa: E402
-import time  # noqa: E402
-from typing import Callable, Sequence  # noqa: E402
-
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-
-from bench.generate import machine_info, write_report  # noqa: E402
-from shoprec import features  # noqa: E402
-from shoprec.data import importer  # noqa: E402
-from shoprec.model import baselines  # noqa: E402
-from shoprec.model import sequence_training as st  # noqa: E402
+from bench.generate import machine_info, write_report
+from shoprec import features
+from shoprec.data import canonical, importer
+from shoprec.model import baselines
+from shoprec.model import sequence_training as st
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEFAULT_DATA = os.path.join(REPO, "..", "shared", "datasets", "amazon-beauty")
@@ -82,7 +78,7 @@ def amazon_item_attributes(path: str) -> dict[str, tuple[str, str]]:
     """Item id -> (category, brand) as ``importer`` derives them for ``items.csv``."""
     with tempfile.TemporaryDirectory(prefix="shoprec-quality-") as out_dir:
         importer.import_logs("amazon-beauty", path, out_dir)
-        items = pd.read_csv(os.path.join(out_dir, features.ITEMS_FILE), dtype=str)
+        items = canonical.read_table(os.path.join(out_dir, features.ITEMS_FILE))
     return {row.item_id: (row.category, row.brand) for row in items.itertuples()}
 
 

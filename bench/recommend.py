@@ -1,6 +1,6 @@
 """Benchmarks of the recommendation service.
 
-``latency``: starts the model server and the service (``python -m serving.api``) on a pushed model
+``latency``: starts the model server and the service (``python -m service.app``) on a pushed model
 and its shop, then drives ``POST /recommend`` over keep-alive connections at each concurrency and
 reports p50/p90/p99 latency and QPS::
 
@@ -39,12 +39,12 @@ import time
 from collections.abc import Iterator, Sequence
 
 import numpy as np
-import pandas as pd
 import portpicker
 import requests
 
 from bench.generate import machine_info
 from shoprec import config, features
+from shoprec.data import canonical
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RESULTS = os.path.join(REPO, "bench", "results")
@@ -77,7 +77,7 @@ def _wait_for(url: str, process: subprocess.Popen, log_path: str, ready: str | N
 def running(command: list[str], log_path: str, ready_url: str, ready_text: str | None = None,
             niceness: int = 0) -> Iterator[subprocess.Popen]:
     """Runs ``command`` from the repository root until the block ends (SIGTERM, then SIGKILL)."""
-    env = dict(os.environ, TF_USE_LEGACY_KERAS="1", TF_CPP_MIN_LOG_LEVEL="2")
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
     with open(log_path, "wb") as log:
         process = subprocess.Popen(command, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT,
                                    preexec_fn=(lambda: os.nice(niceness)) if niceness else None)
@@ -190,8 +190,8 @@ def summarise(result: LoadResult, concurrency: int) -> dict[str, float | int]:
 def request_bodies(data_dir: str, scene: str, k: int, count: int, seed: int) -> list[bytes]:
     """Request bodies for random users of the shop (known and cold) with a context per scene."""
     rng = random.Random(seed)
-    users = pd.read_csv(os.path.join(data_dir, features.USERS_FILE), dtype=str)[features.USER_ID].tolist()
-    items = pd.read_csv(os.path.join(data_dir, features.ITEMS_FILE), dtype=str)[features.ITEM_ID].tolist()
+    users = canonical.read_table(os.path.join(data_dir, features.USERS_FILE))[features.USER_ID].tolist()
+    items = canonical.read_table(os.path.join(data_dir, features.ITEMS_FILE))[features.ITEM_ID].tolist()
     bodies = []
     for _ in range(count):
         body: dict[str, object] = {"user_id": rng.choice(users), "scene": scene, "k": k}
@@ -209,15 +209,14 @@ def latency(args: argparse.Namespace) -> dict[str, object]:
     work = tempfile.mkdtemp(prefix="bench_recommend_")
     grpc_port, rest_port, api_port = (portpicker.pick_unused_port() for _ in range(3))
     model_server = model_server_command(args.run_dir, grpc_port, rest_port, batching=not args.no_batching)
-    service = [sys.executable, "-m", "serving.api", "--data_dir", data_dir,
+    service = [sys.executable, "-m", "service.app", "--data_dir", data_dir,
                "--model_url", f"grpc://127.0.0.1:{grpc_port}", "--event_log", os.path.join(work, "events.sqlite"),
                "--port", str(api_port), "--log_level", "WARNING"]
     if args.redis_url:
         service += ["--redis_url", args.redis_url]
     bodies = request_bodies(data_dir, args.scene, args.k, 5000, seed=0)
-    items = len(pd.read_csv(os.path.join(data_dir, features.ITEMS_FILE), usecols=[features.ITEM_ID]))
-    users = len(pd.read_csv(os.path.join(data_dir, features.USERS_FILE), usecols=[features.USER_ID]))
-    events = len(pd.read_csv(os.path.join(data_dir, features.EVENTS_FILE), usecols=[features.EVENT_ID]))
+    items, users, events = (len(canonical.read_table(os.path.join(data_dir, name)))
+                            for name in (features.ITEMS_FILE, features.USERS_FILE, features.EVENTS_FILE))
     results = []
     load_before = round(os.getloadavg()[0], 2)  # other work on the machine skews the figures
     if args.nice:
@@ -260,18 +259,22 @@ def latency(args: argparse.Namespace) -> dict[str, object]:
 # ---------------------------------------------------------------------------------------------
 def diversity(args: argparse.Namespace) -> dict[str, object]:
     """The ``diversity`` benchmark; returns the report."""
+    from service.feature_store import InMemoryFeatureStore, StoreSettings
+    from service.strategy import retrievers
+    from service.strategy.catalogue import Catalogue
+    from service.strategy.diversity import intra_list_diversity
+    from service.strategy.filters import BusinessFilters, Denylist
+    from service.strategy.interactions import (
+        build_interactions,
+        read_events,
+        split_by_time,
+    )
+    from service.strategy.model_gateway import ModelGateway
+    from service.strategy.ranking import RetrievalScoreRanker
+    from service.strategy.routing import DEFAULT_ROUTING, HOME, RoutingTable
+    from service.strategy.service import RecommendationService, RecommendRequest
     from serving.client import ModelClient
-    from serving.feature_store import InMemoryFeatureStore, StoreSettings
     from shoprec.model.metrics import retrieval_metrics
-    from shoprec.strategy import retrievers
-    from shoprec.strategy.catalogue import Catalogue
-    from shoprec.strategy.diversity import intra_list_diversity
-    from shoprec.strategy.filters import BusinessFilters, Denylist
-    from shoprec.strategy.interactions import build_interactions, read_events, split_by_time
-    from shoprec.strategy.model_gateway import ModelGateway
-    from shoprec.strategy.ranking import RetrievalScoreRanker
-    from shoprec.strategy.routing import DEFAULT_ROUTING, HOME, RoutingTable
-    from shoprec.strategy.service import RecommendationService, RecommendRequest
 
     data_dir = os.path.join(args.run_dir, "data")
     catalogue = Catalogue.load(data_dir)
@@ -289,7 +292,7 @@ def diversity(args: argparse.Namespace) -> dict[str, object]:
     k = 10
     lists: dict[float, list[np.ndarray]] = {value: [] for value in args.lambdas}
     with running(model_server, os.path.join(work, "model_server.log"), model_ready_url(rest_port), "AVAILABLE"):
-        gateway = ModelGateway(ModelClient(f"grpc://127.0.0.1:{grpc_port}"), catalogue.item_ids)
+        gateway = ModelGateway(ModelClient(f"grpc://127.0.0.1:{grpc_port}", config.MODEL_NAME), catalogue.item_ids)
         version = gateway.refresh().version
         routes = retrievers.default_routes(catalogue, interactions, gateway)
         service = RecommendationService(

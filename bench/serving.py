@@ -10,7 +10,7 @@ Scenarios (catalogue size and top-K method; K = 100, embeddings of width 64):
   ``deploy/serving/batching_parameters.txt``);
 * ``1m_brute_force`` and ``1m_scann``: 1,000,000 synthetic items, exact top-K vs ScaNN.
 
-Synthetic models come from :func:`shoprec.model.export.synthetic_serving_module` (the real module,
+Synthetic models come from :func:`bench.synthetic_model.synthetic_serving_module` (the real module,
 signatures and warmup file; a hashed query tower). Each scenario exports its model in a
 subprocess, starts ``python -m serving.model_server`` (default flags, 127.0.0.1, warmup on) in
 another, then, for each protocol and concurrency, sends ``--requests`` ``serving_default``
@@ -25,34 +25,31 @@ force's, over the served answers to the same queries::
 
 from __future__ import annotations
 
+import argparse
+import concurrent.futures
+import dataclasses
+import itertools
+import json
 import os
+import resource
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from importlib import metadata
 
-os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")  # before anything imports TensorFlow
+import grpc
+import numpy as np
+import portpicker
+import psutil
+import requests
+import tensorflow as tf
+from tensorflow_serving.apis import model_pb2, predict_pb2, prediction_service_pb2_grpc
 
-import argparse  # noqa: E402
-import concurrent.futures  # noqa: E402
-import dataclasses  # noqa: E402
-import itertools  # noqa: E402
-from importlib import metadata  # noqa: E402
-import json  # noqa: E402
-import resource  # noqa: E402
-import subprocess  # noqa: E402
-import sys  # noqa: E402
-import tempfile  # noqa: E402
-import threading  # noqa: E402
-import time  # noqa: E402
-from collections.abc import Callable, Iterator, Sequence  # noqa: E402
-
-import grpc  # noqa: E402
-import numpy as np  # noqa: E402
-import portpicker  # noqa: E402
-import psutil  # noqa: E402
-import requests  # noqa: E402
-import tensorflow as tf  # noqa: E402
-from tensorflow_serving.apis import model_pb2, predict_pb2, prediction_service_pb2_grpc  # noqa: E402
-
-from bench.generate import machine_info, write_report  # noqa: E402
-from shoprec import config, features  # noqa: E402
+from bench.generate import machine_info, write_report
+from shoprec import config, features
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEFAULT_OUT = os.path.join(REPO, "bench", "results", "serving.json")
@@ -99,11 +96,12 @@ SCENARIOS = {s.name: s for s in (
 
 def export_synthetic(items: int, index: str, export_dir: str) -> dict[str, object]:
     """Exports a synthetic model into ``export_dir`` in this process; returns its figures."""
-    from shoprec.model import export, scann_index
+    from bench import synthetic_model
+    from shoprec.model import scann_index
 
     scann = scann_index.ScannConfig() if index == "scann" else None
     began = time.perf_counter()
-    module = export.synthetic_serving_module(items, TOP_K, num_users=KNOWN_USERS, scann=scann)
+    module = synthetic_model.synthetic_serving_module(items, TOP_K, num_users=KNOWN_USERS, scann=scann)
     module.save(export_dir)
     figures: dict[str, object] = {
         "export_seconds": round(time.perf_counter() - began, 1),
@@ -122,7 +120,7 @@ def _export_in_subprocess(scenario: Scenario, export_dir: str) -> dict[str, obje
         [sys.executable, "-m", "bench.serving", "--export-items", str(scenario.items),
          "--export-index", scenario.index, "--export-dir", export_dir],
         check=True, capture_output=True, text=True, cwd=REPO,
-        env=dict(os.environ, TF_USE_LEGACY_KERAS="1", TF_CPP_MIN_LOG_LEVEL="2"))
+        env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"))
     return json.loads(completed.stdout.strip().splitlines()[-1])
 
 
@@ -164,7 +162,7 @@ class Server:
         with open(self.log_path, "wb") as log:
             self.process = subprocess.Popen(
                 [sys.executable, "-m", "serving.model_server", *self.args], cwd=REPO,
-                env=dict(os.environ, TF_USE_LEGACY_KERAS="1", TF_CPP_MIN_LOG_LEVEL="2"),
+                env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"),
                 stdout=log, stderr=subprocess.STDOUT)
         while time.perf_counter() - began < SERVER_LOAD_TIMEOUT_S:
             if self.process.poll() is not None:

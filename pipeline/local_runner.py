@@ -11,25 +11,25 @@ Everything a run writes lives under ``--output_dir``: ``data/`` (a generated sho
 
 from __future__ import annotations
 
+import argparse
+import dataclasses
 import os
+import sys
+import time
+from collections.abc import Sequence
 
-os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
+from pipeline.run_console import RunConsole
+from shoprec.config import (
+    MODEL_NAME,
+    PIPELINE_NAME,
+    EvalConfig,
+    ShopConfig,
+    SplitConfig,
+    TrainConfig,
+)
 
-import argparse  # noqa: E402
-import dataclasses  # noqa: E402
-import json  # noqa: E402
-import sys  # noqa: E402
-import time  # noqa: E402
-from typing import Sequence  # noqa: E402
-
-from absl import logging  # noqa: E402
-
-from pipeline import pipeline as pipeline_lib  # noqa: E402
-from pipeline import run_schema, run_summary  # noqa: E402
-from shoprec.config import (MODEL_NAME, PIPELINE_NAME, EvalConfig, ShopConfig,  # noqa: E402
-                            SplitConfig, TrainConfig)
-from shoprec import features, reporting  # noqa: E402
-from shoprec.data import canonical  # noqa: E402
+# The in-memory DirectRunner: the fastest Beam runner on one machine (../shared/STACK.md).
+BEAM_ARGS = ["--direct_running_mode=in_memory", "--direct_num_workers=1"]
 
 
 def _parse_bool(text: str) -> bool:
@@ -75,87 +75,83 @@ def build_parser() -> argparse.ArgumentParser:
                              "%(default)s, no tuning)")
     parser.add_argument("--model_name", default=MODEL_NAME)
     parser.add_argument("--no_cache", action="store_true", help="rerun every component")
+    parser.add_argument("--verbose", action="store_true",
+                        help="show TF, absl and Beam logs live (they always go to <output_dir>/logs/)")
     return parser
 
 
-def prepare_data(args: argparse.Namespace) -> str:
-    """Returns the data folder, generating the shop first when none is given."""
-    if args.data_dir:
-        canonical.check_data_dir(args.data_dir)
-        return args.data_dir
-    from shoprec.data import generate  # imported here: only this path needs it
-
-    data_dir = os.path.join(args.output_dir, "data")
-    config = ShopConfig(users=args.users, items=args.items, events=args.events, seed=args.seed)
-    marker = os.path.join(data_dir, "shop_config.json")
-    wanted = json.dumps(dataclasses.asdict(config), default=str, sort_keys=True)
-    if os.path.exists(marker) and open(marker).read() == wanted:
-        print(f"reusing the generated shop in {data_dir}")
-        return data_dir
-    print(f"generating a shop: {config.users} users, {config.items} items, {config.events} events")
-    generate.write_shop(generate.generate_shop(config), data_dir, progress=True)
-    with open(marker, "w") as f:
-        f.write(wanted)
-    return data_dir
-
-
 def main(argv: Sequence[str] | None = None) -> int:
+    """Binds this machine's paths, SQLite metadata and Beam arguments to ``create_pipeline``, runs it."""
     args = build_parser().parse_args(argv)
     try:
         train = TrainConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)})
         split = SplitConfig(eval_fraction=args.eval_fraction, history_length=args.history_length)
+        shop = ShopConfig(users=args.users, items=args.items, events=args.events, seed=args.seed)
     except ValueError as error:
         raise SystemExit(f"bad flag: {error}") from None
-    logging.set_verbosity(logging.INFO)
-    from tfx import v1 as tfx
-
     started = time.time()
     output_dir = os.path.abspath(args.output_dir)
-    args.output_dir = output_dir
-    os.makedirs(output_dir, exist_ok=True)
-    data_dir = os.path.abspath(prepare_data(args))
-    schema = run_schema.prepare_schema(data_dir, output_dir)
-    model_feature_names = {feature.name for feature in features.FEATURES}
-    disabled = tuple(f for f in schema.filled_fields if f in model_feature_names)
-    print(f"schema: {schema.description}; features the data lacks (constant in Transform): "
-          f"{', '.join(disabled) or 'none'}")
-    metadata_path = os.path.join(output_dir, "metadata.sqlite")
-    serving_dir = os.path.join(output_dir, "serving")
-    pipeline = pipeline_lib.create_pipeline(
-        pipeline_name=PIPELINE_NAME,
-        pipeline_root=os.path.join(output_dir, "pipeline_root"),
-        data_dir=data_dir,
-        serving_dir=serving_dir,
-        metadata_connection_config=tfx.orchestration.metadata.sqlite_metadata_connection_config(
-            metadata_path),
-        beam_pipeline_args=["--direct_running_mode=in_memory", "--direct_num_workers=1"],
-        split=split,
-        train=train,
-        evaluation=EvalConfig(min_blessing_value=args.min_ndcg,
-                              must_beat_popularity=not args.bless_below_popularity),
-        model_name=args.model_name,
-        schema_path=schema.path,
-        disabled_features=disabled,
-        enable_cache=not args.no_cache,
-        tuner_trials=args.tuner_trials,
-    )
-    run_started = time.time()
-    tfx.orchestration.LocalDagRunner().run(pipeline)
-    summary = run_summary.collect(metadata_path, PIPELINE_NAME, since=run_started)
-    summary.update(output_dir=output_dir, data_dir=data_dir, serving_dir=serving_dir,
-                   schema=schema.description, disabled_features=list(disabled),
-                   wall_seconds=round(time.time() - started, 1))
-    if summary["metrics"]:
-        summary["metrics_plot"] = os.path.join(output_dir, "metrics_at_k.png")
-        reporting.plot_metrics_at_k(
-            {name: slices["all"] for name, slices in summary["metrics"].items()},
-            summary["metrics_plot"], f"time-split eval, {os.path.basename(data_dir)}: "
-            f"{int(summary['metrics']['model']['all']['users'])} users")
-    with open(os.path.join(output_dir, "run_summary.json"), "w") as f:
-        json.dump(summary, f, indent=2)
+    console = RunConsole(os.path.join(output_dir, "logs"), verbose=args.verbose)
+    with console:
+        # Imported here: --help and flag errors answer without loading TensorFlow.
+        from absl import logging
+        from tfx import v1 as tfx
+
+        from pipeline import pipeline as pipeline_lib
+        from pipeline import run_schema, run_summary
+        from shoprec.data import canonical, generate
+
+        logging.set_verbosity(logging.INFO)
+        if args.data_dir:
+            data_dir = os.path.abspath(args.data_dir)
+            canonical.check_data_dir(data_dir)
+        else:
+            data_dir = os.path.join(output_dir, "data")
+            console.say(f"shop: {shop.users} users, {shop.items} items, {shop.events} events in {data_dir}")
+            generating = time.time()
+            reused = generate.ensure_shop(shop, data_dir)
+            console.say("  reused (same settings)" if reused else f"  generated in {time.time() - generating:.1f} s")
+        schema = run_schema.prepare_schema(data_dir, output_dir)
+        console.say(f"schema: {schema.description}; features the data lacks (constant in Transform): "
+                    f"{', '.join(schema.disabled_features) or 'none'}")
+        metadata_path = os.path.join(output_dir, "metadata.sqlite")
+        serving_dir = os.path.join(output_dir, "serving")
+        pipeline = pipeline_lib.create_pipeline(
+            pipeline_name=PIPELINE_NAME,
+            pipeline_root=os.path.join(output_dir, "pipeline_root"),
+            data_dir=data_dir,
+            serving_dir=serving_dir,
+            metadata_connection_config=tfx.orchestration.metadata.sqlite_metadata_connection_config(
+                metadata_path),
+            beam_pipeline_args=BEAM_ARGS,
+            split=split,
+            train=train,
+            evaluation=EvalConfig(min_blessing_value=args.min_ndcg,
+                                  must_beat_popularity=not args.bless_below_popularity),
+            model_name=args.model_name,
+            schema_path=schema.path,
+            disabled_features=schema.disabled_features,
+            enable_cache=not args.no_cache,
+            tuner_trials=args.tuner_trials,
+        )
+        console.say(f"pipeline {PIPELINE_NAME}: {len(pipeline.components)} components")
+        run_started = time.time()
+        tfx.orchestration.LocalDagRunner().run(pipeline)
+        summary = run_summary.write_run_summary(
+            metadata_path, PIPELINE_NAME, run_started, output_dir=output_dir, data_dir=data_dir,
+            serving_dir=serving_dir, schema=schema, wall_seconds=round(time.time() - started, 1))
     print(run_summary.format_summary(summary))
     return 0
 
 
+def cli() -> int:
+    """``python -m pipeline.local_runner``: exit status 1 on a failed run, without a second traceback
+    (the console already printed the failing component, the cause and the log's path)."""
+    try:
+        return main()
+    except Exception:  # noqa: BLE001 - reported by RunConsole; the full traceback is in the log
+        return 1
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(cli())

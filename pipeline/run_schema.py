@@ -16,12 +16,12 @@ import hashlib
 import json
 import os
 
-import pandas as pd
 import tensorflow as tf
 from google.protobuf import text_format
 from tensorflow_metadata.proto.v0 import schema_pb2
 
 from shoprec import features
+from shoprec.data import canonical
 
 CURATED_SCHEMA = os.path.join(os.path.dirname(os.path.abspath(__file__)), "schema",
                               "schema.pbtxt")
@@ -36,6 +36,12 @@ class RunSchema:
     path: str
     description: str
     filled_fields: tuple[str, ...]  # optional fields the importer filled with a default
+
+    @property
+    def disabled_features(self) -> tuple[str, ...]:
+        """Model features the data does not really have (filled): Transform makes them constant."""
+        model_features = {feature.name for feature in features.FEATURES}
+        return tuple(name for name in self.filled_fields if name in model_features)
 
 
 def _domain(schema: schema_pb2.Schema, name: str) -> schema_pb2.StringDomain:
@@ -59,8 +65,7 @@ def prepare_schema(data_dir: str, output_dir: str, curated_path: str = CURATED_S
     """Writes the run's schema (see the module docstring) and says what it did."""
     with tf.io.gfile.GFile(curated_path) as f:
         schema = text_format.Parse(f.read(), schema_pb2.Schema())
-    with tf.io.gfile.GFile(os.path.join(data_dir, features.ITEMS_FILE)) as f:
-        items = pd.read_csv(f, dtype=str, keep_default_na=False)
+    items = canonical.read_table(os.path.join(data_dir, features.ITEMS_FILE))
     adapted = []
     for column in (features.CATEGORY, features.BRAND):
         domain = _domain(schema, column)

@@ -11,6 +11,7 @@ from ml_metadata.metadata_store import metadata_store
 from ml_metadata.proto import metadata_store_pb2
 
 from components.retrieval_evaluator.component import METRICS_FILE
+from pipeline.run_schema import RunSchema
 
 _STATES = {v: k for k, v in metadata_store_pb2.Execution.State.items()}
 
@@ -113,3 +114,31 @@ def format_summary(summary: dict[str, Any]) -> str:
     lines.append(f"  wall time: {summary.get('wall_seconds')} s; summary: "
                  f"{os.path.join(summary.get('output_dir', ''), 'run_summary.json')}")
     return "\n".join(lines)
+
+
+def write_run_summary(metadata_path: str, pipeline_name: str, since: float, output_dir: str,
+                      data_dir: str, serving_dir: str, schema: RunSchema,
+                      wall_seconds: float) -> dict[str, Any]:
+    """Collects the run that started at ``since``, plots its metrics against K and writes both.
+
+    Writes ``<output_dir>/run_summary.json`` and, when the Evaluator ran,
+    ``<output_dir>/metrics_at_k.png``.
+
+    Returns:
+      The summary (what :func:`format_summary` prints).
+    """
+    from shoprec import reporting  # matplotlib: only when a run has finished
+
+    summary = collect(metadata_path, pipeline_name, since=since)
+    summary.update(output_dir=output_dir, data_dir=data_dir, serving_dir=serving_dir,
+                   schema=schema.description, disabled_features=list(schema.disabled_features),
+                   wall_seconds=wall_seconds)
+    if summary["metrics"]:
+        summary["metrics_plot"] = os.path.join(output_dir, "metrics_at_k.png")
+        reporting.plot_metrics_at_k(
+            {name: slices["all"] for name, slices in summary["metrics"].items()},
+            summary["metrics_plot"], f"time-split eval, {os.path.basename(data_dir)}: "
+            f"{int(summary['metrics']['model']['all']['users'])} users")
+    with open(os.path.join(output_dir, "run_summary.json"), "w") as f:
+        json.dump(summary, f, indent=2)
+    return summary

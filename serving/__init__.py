@@ -1,6 +1,1 @@
-"""serving package."""
-
-import os
-
-# TFRS needs Keras 2: must be set before TensorFlow is first imported (see ../shared/STACK.md).
-os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
+"""The model server: a TF Serving stand-in (REST and gRPC) and its client. Imports nothing of shoprec or service."""

@@ -5,7 +5,7 @@ TF Serving, because it sends exactly TF Serving's requests::
 
     from serving.client import ModelClient, ModelServerError
 
-    client = ModelClient("http://localhost:8501")        # REST; "grpc://localhost:8500" for gRPC
+    client = ModelClient("http://localhost:8501", "shoprec_retrieval")  # REST; "grpc://..." for gRPC
     outputs = client.predict({"user_id": ["u1", "u2"]})  # signature "serving_default"
     outputs["item_ids"]   # object array of bytes, shape [2, K]
     outputs["scores"]     # float32 array, shape [2, K]
@@ -40,9 +40,10 @@ import requests
 
 from serving import dtypes, json_codec
 from serving.errors import Code, ModelServerError, code_for_http_status
-from shoprec import config
+from serving.protocol import AVAILABLE, DEFAULT_SIGNATURE_NAME
 
 __all__ = [
+    "AVAILABLE",
     "Code",
     "ModelClient",
     "ModelMetadata",
@@ -51,8 +52,6 @@ __all__ = [
     "TensorSpec",
     "VersionStatus",
 ]
-
-DEFAULT_SIGNATURE_NAME = "serving_default"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -248,7 +247,10 @@ class _GrpcTransport:
 
     def __init__(self, address: str, timeout_seconds: float) -> None:
         import grpc
-        from tensorflow_serving.apis import model_service_pb2_grpc, prediction_service_pb2_grpc
+        from tensorflow_serving.apis import (
+            model_service_pb2_grpc,
+            prediction_service_pb2_grpc,
+        )
 
         self._grpc = grpc
         self._timeout = timeout_seconds
@@ -401,14 +403,14 @@ class ModelClient:
 
     Args:
         address: ``http://host:8501`` (or https) for REST, ``grpc://host:8500`` for gRPC.
-        model_name: The model to call; by default the project's model.
+        model_name: The model to call (TF Serving's model name).
         timeout_seconds: Deadline of each request.
 
     Raises:
         ValueError: The address has no supported scheme.
     """
 
-    def __init__(self, address: str, model_name: str = config.MODEL_NAME, timeout_seconds: float = 10.0) -> None:
+    def __init__(self, address: str, model_name: str, timeout_seconds: float = 10.0) -> None:
         scheme, _, rest = address.partition("://")
         if scheme in ("http", "https"):
             self._transport: _Transport = _RestTransport(address, timeout_seconds)

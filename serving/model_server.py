@@ -16,19 +16,16 @@ Logs go to stderr; one line per request on the ``serving.requests`` logger.
 
 from __future__ import annotations
 
+import argparse
+import logging
 import os
-
-os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")  # before anything imports TensorFlow
-
-import argparse  # noqa: E402
-import logging  # noqa: E402
-import signal  # noqa: E402
-import sys  # noqa: E402
-import threading  # noqa: E402
-import time  # noqa: E402
-from collections.abc import Sequence  # noqa: E402
-from types import FrameType  # noqa: E402
-from typing import TYPE_CHECKING, Any  # noqa: E402
+import signal
+import sys
+import threading
+import time
+from collections.abc import Sequence
+from types import FrameType
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from serving.model_config import ModelConfig
@@ -197,13 +194,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         datefmt="%Y-%m-%d %H:%M:%S",
     )
     # Heavy imports (TensorFlow) only after the flags are good, so --help is instant.
-    import uvicorn
-
     import tensorflow as tf
+    import uvicorn
 
     from serving import grpc_api, metrics, model_config, rest_api
     from serving.errors import ModelServerError
-    from serving.predictors import BatchingPredictor, DirectPredictor, Predictor, ServingLoop
+    from serving.predictors import (
+        BatchingPredictor,
+        DirectPredictor,
+        Predictor,
+        ServingLoop,
+    )
     from serving.server_core import ManagerOptions, ServerCore
 
     try:

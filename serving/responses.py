@@ -9,7 +9,11 @@ from __future__ import annotations
 from typing import Any
 
 from google.protobuf import json_format, wrappers_pb2
-from tensorflow_serving.apis import get_model_metadata_pb2, get_model_status_pb2, model_pb2
+from tensorflow_serving.apis import (
+    get_model_metadata_pb2,
+    get_model_status_pb2,
+    model_pb2,
+)
 
 from serving.errors import invalid_argument
 from serving.server_core import ServableRequest, ServerCore

@@ -27,7 +27,12 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from serving import json_codec, responses
-from serving.errors import HTTP_PAYLOAD_TOO_LARGE, Code, ModelServerError, invalid_argument
+from serving.errors import (
+    HTTP_PAYLOAD_TOO_LARGE,
+    Code,
+    ModelServerError,
+    invalid_argument,
+)
 from serving.metrics import REST, RequestRecord, ServingMetrics
 from serving.predictors import Predictor
 from serving.server_core import ServableRequest, ServerCore

@@ -25,8 +25,8 @@ import dataclasses
 import importlib
 import logging
 import os
-import time
 import threading
+import time
 from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
@@ -39,13 +39,11 @@ from tensorflow_serving.apis import prediction_log_pb2
 
 from serving import dtypes, tensor_codec
 from serving.errors import Code, ModelServerError, invalid_argument
+from serving.protocol import DEFAULT_SIGNATURE_NAME, MAX_WARMUP_RECORDS, WARMUP_FILE
 
 SERVE_TAG = "serve"
-DEFAULT_SIGNATURE_NAME = "serving_default"
 SAVED_MODEL_PB = "saved_model.pb"
 SAVED_MODEL_PBTXT = "saved_model.pbtxt"
-WARMUP_FILE = os.path.join("assets.extra", "tf_serving_warmup_requests")
-MAX_WARMUP_RECORDS = 1000
 PREDICT_METHOD_NAMES = (
     "tensorflow/serving/predict",
     "tensorflow/serving/classify",

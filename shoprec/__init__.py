@@ -1,6 +1,1 @@
-"""shoprec package."""
-
-import os
-
-# TFRS needs Keras 2: must be set before TensorFlow is first imported (see ../shared/STACK.md).
-os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
+"""The library: feature declarations, configuration, data, model code. Imports no server, service or TFX module file."""

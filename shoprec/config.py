@@ -8,6 +8,9 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 
+POOLINGS = ("mean", "attention", "gru")  # how the query tower summarises the behaviour sequence
+MIN_HISTORY_LENGTH = 1
+
 
 @dataclasses.dataclass(frozen=True)
 class ShopConfig:
@@ -38,8 +41,8 @@ class SplitConfig:
     def __post_init__(self) -> None:
         if not 0.0 < self.eval_fraction < 1.0:
             raise ValueError(f"eval_fraction must be in (0, 1), got {self.eval_fraction}")
-        if self.history_length < 1:
-            raise ValueError(f"history_length must be >= 1, got {self.history_length}")
+        if self.history_length < MIN_HISTORY_LENGTH:
+            raise ValueError(f"history_length must be >= {MIN_HISTORY_LENGTH}, got {self.history_length}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -71,8 +74,8 @@ class TrainConfig:
             raise ValueError(f"temperature must be > 0, got {self.temperature}")
         if self.learning_rate < 0:
             raise ValueError(f"learning_rate must be >= 0, got {self.learning_rate}")
-        if self.pooling not in ("mean", "attention", "gru"):
-            raise ValueError(f"pooling must be mean, attention or gru, got {self.pooling!r}")
+        if self.pooling not in POOLINGS:
+            raise ValueError(f"pooling must be one of {', '.join(POOLINGS)}, got {self.pooling!r}")
         if self.retrieval_index not in ("brute_force", "scann"):
             raise ValueError(f"retrieval_index must be brute_force or scann, got {self.retrieval_index!r}")
 

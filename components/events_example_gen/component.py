@@ -8,6 +8,7 @@ from tfx.dsl.components.base import executor_spec
 from tfx.proto import example_gen_pb2
 
 from components.events_example_gen import executor
+from shoprec.config import SplitConfig
 
 
 class EventsExampleGen(FileBasedExampleGen):
@@ -26,12 +27,12 @@ class EventsExampleGen(FileBasedExampleGen):
         Args:
           input_base: folder with the canonical files (see docs/data_schema.md).
           eval_fraction: share of events, the latest in time, that go to ``eval``; in (0, 1).
-          history_length: N, the number of previous items kept per example; >= 0.
+          history_length: N, the number of previous items kept per example.
+
+        Raises:
+          ValueError: a value :class:`shoprec.config.SplitConfig` refuses.
         """
-        if not 0.0 < eval_fraction < 1.0:
-            raise ValueError(f"eval_fraction must be in (0, 1), got {eval_fraction}")
-        if history_length < 0:
-            raise ValueError(f"history_length must be >= 0, got {history_length}")
+        SplitConfig(eval_fraction=eval_fraction, history_length=history_length)  # validates both
         eval_buckets = max(1, round(100 * eval_fraction))
         output_config = example_gen_pb2.Output(split_config=example_gen_pb2.SplitConfig(splits=[
             example_gen_pb2.SplitConfig.Split(name=executor.TRAIN_SPLIT,

@@ -4,12 +4,11 @@ Each event becomes one tf.Example holding the event's columns, its item's attrib
 user's profile and the user's behaviour sequence: the previous ``history_length`` items the
 user acted on strictly *before* the event's timestamp (point in time, no leakage). Events at or
 after the cutoff time (the ``1 - eval_fraction`` quantile of all timestamps) go to ``eval``, the
-rest to ``train``.
+rest to ``train``. Both rules live in :mod:`shoprec.data.point_in_time`, shared with serving.
 """
 
 from __future__ import annotations
 
-import collections
 import os
 from typing import Any, Iterable, Iterator
 
@@ -21,11 +20,10 @@ from tfx.components.example_gen import base_example_gen_executor
 from tfx.proto import example_gen_pb2
 
 from shoprec import features
-from shoprec.data import canonical
+from shoprec.data import canonical, point_in_time
 
 TRAIN_SPLIT = "train"
 EVAL_SPLIT = "eval"
-_QUANTILES = 1000  # resolution of the time cutoff: 0.1% of events
 
 
 def read_custom_config(exec_properties: dict[str, Any]) -> dict[str, Any]:
@@ -66,17 +64,9 @@ class _JoinAndBuildHistory(beam.DoFn):
         user_id, events = user_events
         profile = users.get(user_id, {features.AGE_GROUP: ""})
         ordered = sorted(events, key=lambda e: (e[features.TIMESTAMP], e[features.EVENT_ID]))
-        # Items of events strictly before the current timestamp, consecutive repeats collapsed.
-        past_items: collections.deque[str] = collections.deque(maxlen=self._history_length)
-        same_time_items: list[str] = []  # items of earlier events at the current timestamp
-        current_time = None
-        for event in ordered:
-            if event[features.TIMESTAMP] != current_time:
-                for item_id in same_time_items:
-                    if not past_items or past_items[-1] != item_id:
-                        past_items.append(item_id)
-                same_time_items = []
-                current_time = event[features.TIMESTAMP]
+        histories = point_in_time.histories_before(
+            ((e[features.TIMESTAMP], e[features.ITEM_ID]) for e in ordered), self._history_length)
+        for event, history in zip(ordered, histories):
             item = items.get(event[features.ITEM_ID])
             if item is None:
                 raise canonical.DataError(
@@ -85,10 +75,8 @@ class _JoinAndBuildHistory(beam.DoFn):
             row = dict(event)
             row.update({f.name: item[f.name] for f in features.ITEM_ATTRIBUTES})
             row[features.AGE_GROUP] = profile[features.AGE_GROUP]
-            split = EVAL_SPLIT if event[features.TIMESTAMP] >= cutoff else TRAIN_SPLIT
-            example = _to_example(row, list(past_items))
-            yield beam.pvalue.TaggedOutput(split, example.SerializeToString())
-            same_time_items.append(event[features.ITEM_ID])
+            split = EVAL_SPLIT if point_in_time.is_eval(event[features.TIMESTAMP], cutoff) else TRAIN_SPLIT
+            yield beam.pvalue.TaggedOutput(split, _to_example(row, list(history)).SerializeToString())
 
 
 def _read_rows(pipeline: beam.Pipeline, data_dir: str, file_name: str) -> beam.PCollection:
@@ -138,9 +126,8 @@ class Executor(base_example_gen_executor.BaseExampleGenExecutor):
                               features.USER_ID, features.USERS_FILE)
         quantiles = (events
                      | "Timestamps" >> beam.Map(lambda e: e[features.TIMESTAMP])
-                     | "TimeQuantiles" >> stats.ApproximateQuantiles.Globally(_QUANTILES + 1))
-        cutoff = quantiles | "Cutoff" >> beam.Map(
-            lambda q: q[min(len(q) - 1, round((1.0 - eval_fraction) * (len(q) - 1)))])
+                     | "TimeQuantiles" >> stats.ApproximateQuantiles.Globally(point_in_time.QUANTILES + 1))
+        cutoff = quantiles | "Cutoff" >> beam.Map(point_in_time.cutoff_from_quantiles, eval_fraction)
         splits = (events
                   | "ByUser" >> beam.Map(lambda e: (e[features.USER_ID], e))
                   | "GroupByUser" >> beam.GroupByKey()

@@ -18,13 +18,15 @@ is not blessed again, so the Pusher does not push the same model twice.
 
 import json
 import os
+
 import numpy as np
-import pandas as pd
 import tensorflow as tf
 from tfx import v1 as tfx
 from tfx.types import artifact_utils
 
 from shoprec import features
+from shoprec.config import EvalConfig
+from shoprec.data import canonical
 from shoprec.model import evaluation as protocol
 from shoprec.model import export
 
@@ -82,8 +84,7 @@ class ExportedModelScorer:
 
 def catalogue_categories(items_path: str, catalogue: np.ndarray) -> np.ndarray:
     """``[n_items]`` category of each catalogue item, from ``items.csv``."""
-    with tf.io.gfile.GFile(items_path) as f:
-        items = pd.read_csv(f, dtype=str)
+    items = canonical.read_table(items_path)
     by_id = dict(zip(items[features.ITEM_ID].str.encode("utf-8"), items[features.CATEGORY]))
     return np.array([by_id.get(item, "") for item in catalogue], dtype=object)
 
@@ -144,11 +145,12 @@ def RetrievalEvaluator(
     # Optional: the resolver finds no blessed model on a first run. (TFX's parser wants the bare
     # InputArtifact annotation with a None default, not Optional[...].)
     baseline_model: tfx.dsl.components.InputArtifact[tfx.types.standard_artifacts.Model] = None,
-    ks: tfx.dsl.components.Parameter[str] = "[10, 50, 100]",
-    blessing_metric: tfx.dsl.components.Parameter[str] = "ndcg@10",
-    min_blessing_value: tfx.dsl.components.Parameter[float] = 0.0,
-    must_beat_popularity: tfx.dsl.components.Parameter[int] = 1,
-    regression_tolerance: tfx.dsl.components.Parameter[float] = 0.0,
+    # The defaults are EvalConfig's, the one home of the evaluation settings.
+    ks: tfx.dsl.components.Parameter[str] = json.dumps(list(EvalConfig.ks)),
+    blessing_metric: tfx.dsl.components.Parameter[str] = EvalConfig.blessing_metric,
+    min_blessing_value: tfx.dsl.components.Parameter[float] = EvalConfig.min_blessing_value,
+    must_beat_popularity: tfx.dsl.components.Parameter[int] = int(EvalConfig.must_beat_popularity),
+    regression_tolerance: tfx.dsl.components.Parameter[float] = EvalConfig.regression_tolerance,
 ) -> None:
     """Evaluates ``model`` on ``examples``; writes ``metrics.json`` and the blessing."""
     same_model = baseline_model is not None and baseline_model.id == model.id

@@ -8,10 +8,15 @@ from __future__ import annotations
 import csv
 import io
 import os
+from typing import TYPE_CHECKING
 
+import numpy as np
 import tensorflow as tf
 
 from shoprec import features
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 
 class DataError(ValueError):
@@ -99,3 +104,40 @@ def parse_row(line: str, positions: dict[str, int], file_name: str) -> dict[str,
             raise DataError(f"{file_name}: column {column.name!r} ({column.dtype}) cannot hold "
                             f"{raw!r} in row {line!r}: {error}") from None
     return row
+
+
+def read_table(path: str) -> pd.DataFrame:
+    """Reads one canonical file into a DataFrame with its declared types: the one reader.
+
+    String columns stay strings exactly as written (``keep_default_na=False``: an empty field is
+    ``""``, and ids such as ``"NA"`` or ``"null"`` are not turned into NaN); ``int64`` and ``float``
+    columns are parsed as such. Columns the file has beyond the declared ones are kept as strings.
+
+    Args:
+      path: ``.../events.csv``, ``.../items.csv`` or ``.../users.csv`` (local or any
+        ``tf.io.gfile`` path).
+
+    Returns:
+      One row per line of the file, the declared columns first.
+
+    Raises:
+      DataError: the file is missing or lacks a required column, or a numeric column holds a
+        value that is not a number (the message names the file and column).
+    """
+    import pandas as pd  # imported here: the Beam path reads rows without pandas
+
+    positions = read_header(path)
+    declared = {column.name: column.dtype for column in features.CANONICAL_FILES[os.path.basename(path)]}
+    with tf.io.gfile.GFile(path) as f:
+        frame = pd.read_csv(f, dtype=str, keep_default_na=False)
+    frame.columns = [str(name).strip() for name in frame.columns]
+    for name, dtype in declared.items():
+        if dtype == "string":
+            continue
+        try:
+            frame[name] = frame[name].str.strip().astype(np.int64 if dtype == "int64" else np.float64)
+        except ValueError as error:
+            raise DataError(f"{path}: column {name!r} ({dtype}) holds a value that is not a number: "
+                            f"{error}") from None
+    ordered = [*declared, *(name for name in sorted(positions, key=positions.get) if name not in declared)]
+    return frame[ordered]

@@ -33,6 +33,7 @@ from shoprec.data.truth import ProcessParams, ShopTruth
 USER_TASTES_FILE = "user_tastes.csv"  # in truth/: one row per user, the readable part
 ITEM_POPULARITY_FILE = "item_popularity.csv"  # in truth/: one row per item
 PROCESS_FILE = "process.json"  # in truth/: the process, its parameters and the shop's counts
+SHOP_CONFIG_FILE = "shop_config.json"  # the ShopConfig a generated folder was made with
 
 _CHUNK_CELLS = 2_000_000  # users x items weights computed at once when drawing items
 _SESSION_MARGIN = 1.02  # draw this many more sessions than expected, then cut to --events
@@ -457,6 +458,27 @@ def write_shop(shop: Shop, out_dir: str, progress: bool = False) -> None:
     with open(os.path.join(truth_dir, PROCESS_FILE), "w", encoding="utf-8") as process_file:
         json.dump(_process_description(shop), process_file, indent=2)
         process_file.write("\n")
+
+
+def ensure_shop(config: ShopConfig, data_dir: str) -> bool:
+    """Generates the shop ``config`` describes into ``data_dir`` unless it is there already.
+
+    A marker file (``shop_config.json``) records the config of the shop in the folder, so a
+    folder generated with other settings is regenerated.
+
+    Returns:
+      True when the folder already held this shop (nothing was written).
+    """
+    marker = os.path.join(data_dir, SHOP_CONFIG_FILE)
+    wanted = json.dumps(dataclasses.asdict(config), default=str, sort_keys=True)
+    if os.path.exists(marker):
+        with open(marker, encoding="utf-8") as f:
+            if f.read() == wanted:
+                return True
+    write_shop(generate_shop(config), data_dir)
+    with open(marker, "w", encoding="utf-8") as f:
+        f.write(wanted)
+    return False
 
 
 def summary_line(shop: Shop, out_dir: str, seconds: float) -> str:

@@ -9,7 +9,7 @@ dot products (cosine similarities for the unit-length embeddings of the towers).
 Serving such a SavedModel needs those ops in the serving binary:
 
 * the local server (``python -m serving.model_server``) imports ``scann`` by itself when a model
-  uses them (see :func:`serving.servable.load_custom_ops`);
+  uses them (its ``CUSTOM_OP_MODULES``);
 * real TF Serving needs the ScaNN-enabled image (``google/tf-serving-scann``, built from
   google-research/scann/tf_serving), whose TensorFlow version must match the one ``scann`` was
   built for (2.16 for ``scann==1.3.2``); the stock ``tensorflow/serving`` image fails the load
@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 import uuid
 from types import ModuleType
 
@@ -36,6 +37,24 @@ def _scann_ops() -> ModuleType:
     from scann.scann_ops.py import scann_ops
 
     return scann_ops
+
+
+def register_ops_for(export_dir: str) -> bool:
+    """Imports ScaNN's ops when the SavedModel at ``export_dir`` uses them.
+
+    Returns:
+      Whether the export names a ``Scann>`` op.
+    """
+    from tensorflow.core.protobuf import saved_model_pb2
+
+    saved_model = saved_model_pb2.SavedModel()
+    with tf.io.gfile.GFile(os.path.join(export_dir, "saved_model.pb"), "rb") as f:
+        saved_model.ParseFromString(f.read())
+    uses_scann = any(op.name.startswith("Scann>") for graph in saved_model.meta_graphs
+                     for op in graph.meta_info_def.stripped_op_list.op)
+    if uses_scann:
+        _scann_ops()
+    return uses_scann
 
 
 @dataclasses.dataclass(frozen=True)

@@ -22,6 +22,7 @@ import tensorflow as tf
 import tensorflow_recommenders as tfrs
 
 from shoprec import features
+from shoprec.config import POOLINGS
 
 
 @dataclasses.dataclass(frozen=True)
@@ -253,7 +254,6 @@ class MeanPooling(tf.keras.layers.Layer):
         return masked_mean(embeddings, indices)
 
 
-POOLINGS = ("mean", "attention", "gru")
 
 
 def make_pooling(pooling: str, history_length: int, dim: int, heads: int = 2, blocks: int = 1,

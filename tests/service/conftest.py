@@ -7,30 +7,27 @@ a real Redis and the service itself, each started once per session on free loopb
   parameters of ``deploy/serving``;
 * ``redis_url``: a throwaway ``redis-server`` (tests that need it are skipped when the binary is
   missing: ``apt-get install redis-server``);
-* ``service``: ``python -m serving.api`` over gRPC, with Redis as the feature store.
+* ``service``: ``python -m service.app`` over gRPC, with Redis as the feature store.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
 
-os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
+import pandas as pd
+import portpicker
+import pytest
+import redis
+import requests
 
-import dataclasses  # noqa: E402
-import shutil  # noqa: E402
-import subprocess  # noqa: E402
-import sys  # noqa: E402
-import time  # noqa: E402
-from collections.abc import Iterator  # noqa: E402
-from pathlib import Path  # noqa: E402
-
-import pandas as pd  # noqa: E402
-import portpicker  # noqa: E402
-import pytest  # noqa: E402
-import redis  # noqa: E402
-import requests  # noqa: E402
-
-from shoprec import config, features  # noqa: E402
+from shoprec import config, features
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 START_TIMEOUT_S = 240
@@ -88,7 +85,7 @@ class ModelServer:
 
 def start(args: list[str], log_path: Path, url: str, ready_path: str, ready_text: str = "") -> Process:
     """Starts ``python <args>`` from the repository root and waits until ``url + ready_path`` answers."""
-    env = dict(os.environ, TF_USE_LEGACY_KERAS="1", TF_CPP_MIN_LOG_LEVEL="2")
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
     with open(log_path, "ab") as log:  # a file, not a pipe: a full pipe would block the server
         process = Process(subprocess.Popen([sys.executable, *args], cwd=REPO_ROOT, env=env, stdout=log,
                                            stderr=subprocess.STDOUT), log_path, url)
@@ -114,7 +111,7 @@ def trained_run(tmp_path_factory: pytest.TempPathFactory) -> TrainedRun:
     if existing:
         return TrainedRun(Path(existing))
     root = tmp_path_factory.mktemp("service_run")
-    env = dict(os.environ, TF_USE_LEGACY_KERAS="1", TF_CPP_MIN_LOG_LEVEL="2")
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
     with open(root / "pipeline.log", "wb") as log:
         completed = subprocess.run([sys.executable, "-m", "pipeline.local_runner", "--output_dir", str(root),
                                     *SHOP_ARGS], cwd=REPO_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
@@ -175,9 +172,9 @@ def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 
 
 def start_service(trained_run: TrainedRun, model_url: str, work_dir: Path, *extra: str) -> Process:
-    """Starts ``python -m serving.api`` on a free port; returns once /healthz answers."""
+    """Starts ``python -m service.app`` on a free port; returns once /healthz answers."""
     port = portpicker.pick_unused_port()
-    return start(["-m", "serving.api", "--data_dir", str(trained_run.data_dir), "--model_url", model_url,
+    return start(["-m", "service.app", "--data_dir", str(trained_run.data_dir), "--model_url", model_url,
                   "--port", str(port), *extra], work_dir / "service.log", f"http://127.0.0.1:{port}", "/healthz")
 
 

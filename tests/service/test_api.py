@@ -1,4 +1,4 @@
-"""End-to-end tests of ``python -m serving.api`` against the real model server and Redis."""
+"""End-to-end tests of ``python -m service.app`` against the real model server and Redis."""
 
 from __future__ import annotations
 
@@ -16,9 +16,16 @@ import pytest
 import redis
 import requests
 
-from serving.feature_store import StoreSettings
+from service.feature_store import StoreSettings
 from shoprec import features
-from tests.service.conftest import REPO_ROOT, ModelServer, Service, TrainedRun, start_service, wait_healthy
+from tests.service.conftest import (
+    REPO_ROOT,
+    ModelServer,
+    Service,
+    TrainedRun,
+    start_service,
+    wait_healthy,
+)
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(900)]
 
@@ -260,7 +267,7 @@ def test_health_metrics_and_openapi(service: Service, model_server: ModelServer,
 
 
 def test_help_lists_the_flags() -> None:
-    completed = subprocess.run([sys.executable, "-m", "serving.api", "--help"], cwd=REPO_ROOT, capture_output=True,
+    completed = subprocess.run([sys.executable, "-m", "service.app", "--help"], cwd=REPO_ROOT, capture_output=True,
                                text=True, timeout=120)
     assert completed.returncode == 0
     for flag in ("--data_dir", "--model_url", "--redis_url", "--event_log", "--routing", "--denylist"):
@@ -285,7 +292,7 @@ def test_without_a_model_server_the_service_degrades_but_answers(trained_run: Tr
 
 
 def event_log_count(log_path: Path) -> int:
-    completed = subprocess.run([sys.executable, "-m", "serving.event_log", "count", "--log", str(log_path)],
+    completed = subprocess.run([sys.executable, "-m", "service.event_log", "count", "--log", str(log_path)],
                                cwd=REPO_ROOT, capture_output=True, text=True, timeout=120, check=True)
     totals = dict(line.split("\t") for line in completed.stdout.strip().splitlines())
     return int(totals["total"])
@@ -327,7 +334,7 @@ def test_sigkill_after_200_loses_no_event(trained_run: TrainedRun, model_server:
     assert event_log_count(log_path) == acknowledged
 
     out = tmp_path / "export"
-    subprocess.run([sys.executable, "-m", "serving.event_log", "export", "--log", str(log_path), "--out", str(out),
+    subprocess.run([sys.executable, "-m", "service.event_log", "export", "--log", str(log_path), "--out", str(out),
                     "--base_data_dir", str(trained_run.data_dir)], cwd=REPO_ROOT, check=True, timeout=120)
     exported = pd.read_csv(out / features.EVENTS_FILE, dtype=str)
     assert len(exported) == len(shop.events) + acknowledged

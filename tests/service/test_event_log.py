@@ -9,8 +9,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from serving import event_log
-from serving.event_log import EventLog, ExportError, LoggedEvent
+from service import event_log
+from service.event_log import EventLog, ExportError, LoggedEvent
 from shoprec import features
 
 

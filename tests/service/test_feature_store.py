@@ -8,7 +8,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from serving.feature_store import (
+from service.feature_store import (
     FeatureStore,
     FeatureStoreError,
     InMemoryFeatureStore,
@@ -17,8 +17,8 @@ from serving.feature_store import (
     UserEvent,
     open_feature_store,
 )
+from service.strategy.context import SessionEvent
 from shoprec import features
-from shoprec.strategy.context import SessionEvent
 
 SETTINGS = StoreSettings(history_length=3, session_ttl_seconds=2, purchase_ttl_seconds=4)
 

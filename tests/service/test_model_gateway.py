@@ -7,9 +7,9 @@ from typing import Any
 import numpy as np
 import pytest
 
+from service.strategy.model_gateway import ModelGateway, ModelUnavailableError
 from serving.client import Code, ModelServerError, VersionStatus
 from shoprec import features
-from shoprec.strategy.model_gateway import ModelGateway, ModelUnavailableError
 
 
 class ScriptedClient:

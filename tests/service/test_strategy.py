@@ -12,25 +12,34 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from serving.api import RecommendedItemOut, RecommendResponse
-from serving.feature_store import InMemoryFeatureStore, StoreSettings, UserEvent
-from shoprec import features
-from shoprec.strategy import retrievers
-from shoprec.strategy.catalogue import Catalogue
-from shoprec.strategy.context import Candidates, RetrievalQuery, SessionEvent
-from shoprec.strategy.diversity import intra_list_diversity, mmr
-from shoprec.strategy.model_gateway import ModelUnavailableError
-from shoprec.strategy.filters import BusinessFilters, Denylist, FilterSpec
-from shoprec.strategy.interactions import build_interactions, split_by_time, with_purchases
-from shoprec.strategy.ranking import RetrievalScoreRanker, append_fallback, fuse, rank
-from shoprec.strategy.routing import DEFAULT_ROUTING, RoutingError, RoutingTable, UnknownSceneError
-from shoprec.strategy.service import (
+from service.feature_store import InMemoryFeatureStore, StoreSettings, UserEvent
+from service.schemas import RecommendedItemOut, RecommendResponse
+from service.strategy import retrievers
+from service.strategy.catalogue import Catalogue
+from service.strategy.context import Candidates, RetrievalQuery, SessionEvent
+from service.strategy.diversity import intra_list_diversity, mmr
+from service.strategy.filters import BusinessFilters, Denylist, FilterSpec
+from service.strategy.interactions import (
+    build_interactions,
+    split_by_time,
+    with_purchases,
+)
+from service.strategy.model_gateway import ModelUnavailableError
+from service.strategy.ranking import RetrievalScoreRanker, append_fallback, fuse, rank
+from service.strategy.routing import (
+    DEFAULT_ROUTING,
+    RoutingError,
+    RoutingTable,
+    UnknownSceneError,
+)
+from service.strategy.service import (
     Recommendation,
     RecommendationService,
     RecommendedItem,
     RecommendRequest,
     collapse_repeats,
 )
+from shoprec import features
 
 # A tiny shop: 8 items in 3 categories; u1 and u2 are known users.
 ITEMS = pd.DataFrame({

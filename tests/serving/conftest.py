@@ -12,23 +12,20 @@ Both servers are started once per session, at the same time (each imports Tensor
 
 from __future__ import annotations
 
+import dataclasses
 import os
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
 
-os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
+import portpicker
+import pytest
+import requests
 
-import dataclasses  # noqa: E402
-import subprocess  # noqa: E402
-import sys  # noqa: E402
-import time  # noqa: E402
-from collections.abc import Iterator  # noqa: E402
-from pathlib import Path  # noqa: E402
-
-import portpicker  # noqa: E402
-import pytest  # noqa: E402
-import requests  # noqa: E402
-
-from shoprec import config  # noqa: E402
-from tests.serving import toy_models  # noqa: E402
+from shoprec import config
+from tests.serving import toy_models
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 SERVER_START_TIMEOUT_S = 120
@@ -105,7 +102,7 @@ class ToyWorld:
 
 def _launch(args: list[str], log_path: Path) -> ServerProcess:
     grpc_port, rest_port = portpicker.pick_unused_port(), portpicker.pick_unused_port()
-    env = dict(os.environ, TF_USE_LEGACY_KERAS="1", TF_CPP_MIN_LOG_LEVEL="2")
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
     with open(log_path, "wb") as log_file:  # a file, not a pipe: a full pipe would block the server
         process = subprocess.Popen(
             [

@@ -18,7 +18,12 @@ from tensorflow_serving.config import model_server_config_pb2
 
 from serving import dtypes, grpc_api, json_codec, model_server, tensor_codec
 from serving.errors import Code, ModelServerError
-from serving.model_config import BatchingParameters, VersionPolicy, configs_from_proto, parse_batching_parameters
+from serving.model_config import (
+    BatchingParameters,
+    VersionPolicy,
+    configs_from_proto,
+    parse_batching_parameters,
+)
 from serving.predictors import BatchingPredictor, DirectPredictor, ServingLoop
 from serving.servable import PredictResult
 from tests.serving.conftest import REPO_ROOT

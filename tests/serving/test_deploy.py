@@ -13,7 +13,11 @@ import pytest
 import yaml
 
 from serving import metrics, model_server
-from serving.model_config import parse_batching_parameters, parse_prometheus_path, read_model_config_file
+from serving.model_config import (
+    parse_batching_parameters,
+    parse_prometheus_path,
+    read_model_config_file,
+)
 from shoprec import config
 
 DEPLOY = Path(__file__).resolve().parents[2] / "deploy" / "serving"

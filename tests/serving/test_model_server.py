@@ -32,7 +32,12 @@ from tensorflow_serving.apis import (
 from serving.client import ModelClient, ModelServerError
 from shoprec import config
 from tests.serving import toy_models
-from tests.serving.conftest import BATCH_SIZE, MAX_REQUEST_BYTES, ServerProcess, ToyWorld
+from tests.serving.conftest import (
+    BATCH_SIZE,
+    MAX_REQUEST_BYTES,
+    ServerProcess,
+    ToyWorld,
+)
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -559,7 +564,7 @@ def test_prometheus_metrics_count_requests_errors_and_latency(config_server: Ser
 @pytest.mark.parametrize("protocol", ["rest", "grpc"])
 def test_model_client(shoprec_server: ServerProcess, protocol: str) -> None:
     address = shoprec_server.rest_url if protocol == "rest" else f"grpc://{shoprec_server.grpc_target}"
-    with ModelClient(address) as client:  # the project's model name by default
+    with ModelClient(address, config.MODEL_NAME) as client:
         outputs = client.predict({"user_id": ["u1", "u2"]})
         assert outputs["item_ids"].dtype == object and outputs["item_ids"].shape == (2, toy_models.TOP_K)
         assert outputs["scores"].dtype == np.float32
@@ -586,7 +591,7 @@ def test_model_client(shoprec_server: ServerProcess, protocol: str) -> None:
 
 def test_rest_and_grpc_clients_agree(shoprec_server: ServerProcess) -> None:
     inputs = {"user_id": ["u1", "u3", "stranger"], "history": [["v2_item1"], ["v2_item6"], ["x"]]}
-    with ModelClient(shoprec_server.rest_url) as rest, ModelClient(f"grpc://{shoprec_server.grpc_target}") as grpc_client:
+    with ModelClient(shoprec_server.rest_url, config.MODEL_NAME) as rest, ModelClient(f"grpc://{shoprec_server.grpc_target}", config.MODEL_NAME) as grpc_client:
         for signature in ("serving_default", "with_history", "user_embedding"):
             wanted = inputs if signature == "with_history" else {"user_id": inputs["user_id"]}
             rest_outputs = rest.predict(wanted, signature_name=signature)
@@ -602,7 +607,7 @@ def test_client_reports_an_unreachable_server_as_unavailable() -> None:
 
     port = portpicker.pick_unused_port()
     for address in (f"http://127.0.0.1:{port}", f"grpc://127.0.0.1:{port}"):
-        with ModelClient(address, timeout_seconds=2) as client, pytest.raises(ModelServerError) as caught:
+        with ModelClient(address, config.MODEL_NAME, timeout_seconds=2) as client, pytest.raises(ModelServerError) as caught:
             client.status()
         assert caught.value.code.name == "UNAVAILABLE"
 
@@ -616,9 +621,9 @@ def test_model_client_predict_async_matches_predict(shoprec_server: ServerProces
         return await asyncio.gather(*(client.predict_async(inputs, signature_name="with_history")
                                       for _ in range(8)))
 
-    with ModelClient(address) as client:
+    with ModelClient(address, config.MODEL_NAME) as client:
         expected = client.predict(inputs, signature_name="with_history")
-    with ModelClient(address) as client:  # a fresh client: the first call reads the metadata too
+    with ModelClient(address, config.MODEL_NAME) as client:  # a fresh client: the first call reads the metadata too
         answers = asyncio.run(concurrently(client))
         for outputs in answers:
             assert outputs.keys() == expected.keys()
@@ -644,7 +649,7 @@ def test_grpc_predict_async_cancelled_while_waiting_cancels_the_call(shoprec_ser
             await task
         return await client.predict_async({"user_id": ["u1"]})  # the client still works
 
-    with ModelClient(f"grpc://{shoprec_server.grpc_target}") as client:
+    with ModelClient(f"grpc://{shoprec_server.grpc_target}", config.MODEL_NAME) as client:
         client.metadata()  # cached: the first await is the Predict call itself
         outputs = asyncio.run(cancel_one(client))
     assert version_of_items(outputs["item_ids"]) == 2

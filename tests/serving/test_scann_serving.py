@@ -19,12 +19,25 @@ from tensorflow.core.framework import node_def_pb2
 from tensorflow.core.protobuf import meta_graph_pb2
 from tensorflow_serving.apis import model_pb2, predict_pb2, prediction_service_pb2_grpc
 
-from serving import servable, warmup
+from bench import synthetic_model
+from serving import servable
 from serving.errors import Code, ModelServerError
 from shoprec import features
-from shoprec.model import export, scann_index
-from tests.serving.conftest import SERVER_START_TIMEOUT_S, ServerProcess, _launch, _stop, _wait_until_serving
-from tests.test_export import NUM_ITEMS, SCANN_RECALL_FLOOR, TOP_K, USERS, recall_at_10
+from shoprec.model import export, scann_index, warmup
+from tests.serving.conftest import (
+    SERVER_START_TIMEOUT_S,
+    ServerProcess,
+    _launch,
+    _stop,
+    _wait_until_serving,
+)
+from tests.shoprec.test_export import (
+    NUM_ITEMS,
+    SCANN_RECALL_FLOOR,
+    TOP_K,
+    USERS,
+    recall_at_10,
+)
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -35,8 +48,8 @@ MODELS = ("synthetic_brute_force", "synthetic_scann")
 def export_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Both exports, as ``<root>/<model>/1``."""
     root = tmp_path_factory.mktemp("scann_server")
-    export.synthetic_serving_module(NUM_ITEMS, TOP_K).save(str(root / MODELS[0] / "1"))
-    export.synthetic_serving_module(NUM_ITEMS, TOP_K, scann=scann_index.ScannConfig()).save(
+    synthetic_model.synthetic_serving_module(NUM_ITEMS, TOP_K).save(str(root / MODELS[0] / "1"))
+    synthetic_model.synthetic_serving_module(NUM_ITEMS, TOP_K, scann=scann_index.ScannConfig()).save(
         str(root / MODELS[1] / "1"))
     return root
 

@@ -23,7 +23,7 @@ from collections.abc import Callable
 import tensorflow as tf
 from tensorflow_serving.apis import predict_pb2
 
-from serving import warmup
+from shoprec.model import warmup
 
 USERS = ("u1", "u2", "u3", "u4")
 NUM_ITEMS = 8

@@ -18,7 +18,7 @@ from shoprec.data import generate
 from shoprec.data import truth as truth_lib
 from shoprec.data.truth import ShopTruth
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 MEDIUM = ShopConfig(users=2_000, items=1_000, events=30_000, categories=20, brands=15, seed=3)
 SMALL = ShopConfig(users=300, items=200, events=3_000, categories=8, brands=6, seed=11)
 

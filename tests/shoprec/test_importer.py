@@ -9,9 +9,9 @@ import pytest
 from shoprec import features as F
 from shoprec.data import canonical, importer
 from shoprec.data.import_report import REPORT_FILE
-from shoprec.data.importer import ImportDataError, MappingError, UNKNOWN
+from shoprec.data.importer import UNKNOWN, ImportDataError, MappingError
 
-REPO = pathlib.Path(__file__).resolve().parents[1]
+REPO = pathlib.Path(__file__).resolve().parents[2]
 DATASETS = (REPO / ".." / "shared" / "datasets").resolve()
 REES46 = DATASETS / "rees46-sample" / "events.csv"
 AMAZON = DATASETS / "amazon-beauty"

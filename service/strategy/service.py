@@ -17,25 +17,25 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 
 import numpy as np
 
+from service.feature_store import FeatureStore, FeatureStoreError, UserState
+from service.strategy import retrievers
+from service.strategy.attribution import RecentResponses
+from service.strategy.catalogue import Catalogue
+from service.strategy.context import Candidates, RetrievalQuery
+from service.strategy.diversity import mmr
+from service.strategy.filters import BusinessFilters, FilterSpec
+from service.strategy.interactions import Interactions
+from service.strategy.metrics import ServiceMetrics
+from service.strategy.model_gateway import ModelGateway, ModelUnavailableError
+from service.strategy.ranking import CandidatePool, Ranker, append_fallback, fuse, rank
+from service.strategy.routing import RoutingTable, SceneSpec
 from serving.client import ModelServerError
-from serving.feature_store import FeatureStore, FeatureStoreError, UserState
 from shoprec import features
-from shoprec.strategy import retrievers
-from shoprec.strategy.attribution import RecentResponses
-from shoprec.strategy.catalogue import Catalogue
-from shoprec.strategy.context import Candidates, RetrievalQuery
-from shoprec.strategy.diversity import mmr
-from shoprec.strategy.filters import BusinessFilters, FilterSpec
-from shoprec.strategy.interactions import Interactions
-from shoprec.strategy.metrics import ServiceMetrics
-from shoprec.strategy.model_gateway import ModelGateway, ModelUnavailableError
-from shoprec.strategy.ranking import CandidatePool, Ranker, append_fallback, fuse, rank
-from shoprec.strategy.routing import RoutingTable, SceneSpec
-
+from shoprec.data import point_in_time
 
 
 @dataclasses.dataclass(frozen=True)
@@ -128,15 +128,6 @@ class Retrieval:
     ignored_context_items: tuple[str, ...]
     warnings: tuple[str, ...]
     session_used: bool
-
-
-def collapse_repeats(items: Sequence[str]) -> list[str]:
-    """Drops consecutive repeats, as the pipeline's behaviour sequences do."""
-    collapsed: list[str] = []
-    for item_id in items:
-        if not collapsed or collapsed[-1] != item_id:
-            collapsed.append(item_id)
-    return collapsed
 
 
 class RecommendationService:
@@ -279,7 +270,8 @@ class RecommendationService:
         session_rows, _ = self.catalogue.rows(event.item_id for event in session)
         last_offline = self.interactions.last_timestamps.get(request.user_id)
         fresh = [event.item_id for event in session if last_offline is None or event.timestamp > last_offline]
-        history = collapse_repeats([*self.interactions.histories.get(request.user_id, ()), *fresh])
+        history = point_in_time.extend_history(self.interactions.histories.get(request.user_id, ()), fresh,
+                                               self._history_length)
         purchased_live, _ = self.catalogue.rows(state.purchased)
         purchased = np.concatenate([self.interactions.purchased.get(request.user_id, np.zeros(0, np.int64)),
                                     purchased_live])
@@ -289,7 +281,7 @@ class RecommendationService:
         query = RetrievalQuery(
             user_id=request.user_id,
             known_user=self.interactions.is_known_user(request.user_id),
-            model_history=tuple(history[-self._history_length:]),
+            model_history=history,
             session_rows=session_rows,
             session_types=tuple(event.event_type for event in session),
             current_row=current_row,

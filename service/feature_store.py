@@ -24,8 +24,8 @@ from collections.abc import Callable, Sequence
 
 import redis
 
+from service.strategy.context import SessionEvent
 from shoprec import features
-from shoprec.strategy.context import SessionEvent
 
 
 class FeatureStoreError(RuntimeError):

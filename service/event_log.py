@@ -8,8 +8,8 @@ clients may retry.
 
 Command line::
 
-    python -m serving.event_log count  --log runs/service/events.sqlite
-    python -m serving.event_log export --log runs/service/events.sqlite --out DIR \\
+    python -m service.event_log count  --log runs/service/events.sqlite
+    python -m service.event_log export --log runs/service/events.sqlite --out DIR \\
         [--base_data_dir runs/local/data]
 
 ``export`` writes ``events.csv`` (clicks, carts, purchases; with ``--base_data_dir``, merged into
@@ -33,6 +33,7 @@ from collections.abc import Iterator, Sequence
 import pandas as pd
 
 from shoprec import features
+from shoprec.data import canonical
 
 IMPRESSIONS_FILE = "impressions.csv"
 REQUEST_ID = "request_id"
@@ -215,10 +216,6 @@ class EventLog:
             self._connection.close()
 
 
-def _read_strings(path: str) -> pd.DataFrame:
-    return pd.read_csv(path, dtype=str, keep_default_na=False)
-
-
 def _most_common(values: pd.Series, default: str) -> str:
     counts = values.value_counts()
     return str(counts.index[0]) if len(counts) else default
@@ -247,9 +244,9 @@ def export(log_path: str, out_dir: str, base_data_dir: str | None = None) -> dic
     summary = {"impressions": len(impressions), "new_users": 0}
     files: dict[str, pd.DataFrame] = {}
     if base_data_dir is not None:
-        base_events = _read_strings(os.path.join(base_data_dir, features.EVENTS_FILE))[event_columns]
-        items = _read_strings(os.path.join(base_data_dir, features.ITEMS_FILE))
-        users = _read_strings(os.path.join(base_data_dir, features.USERS_FILE))
+        base_events = canonical.read_table(os.path.join(base_data_dir, features.EVENTS_FILE))[event_columns]
+        items = canonical.read_table(os.path.join(base_data_dir, features.ITEMS_FILE))
+        users = canonical.read_table(os.path.join(base_data_dir, features.USERS_FILE))
         events = events[~events[features.EVENT_ID].isin(base_events[features.EVENT_ID])]  # exported before
         unknown_items = sorted(set(events[features.ITEM_ID]) - set(items[features.ITEM_ID]))
         if unknown_items:
@@ -284,7 +281,7 @@ def export(log_path: str, out_dir: str, base_data_dir: str | None = None) -> dic
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Command line: ``count`` and ``export``; see the module docstring."""
-    parser = argparse.ArgumentParser(prog="python -m serving.event_log",
+    parser = argparse.ArgumentParser(prog="python -m service.event_log",
                                      description="Inspect or export the service's durable event log.")
     commands = parser.add_subparsers(dest="command", required=True)
     count = commands.add_parser("count", help="print the number of logged events per type")

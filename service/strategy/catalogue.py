@@ -10,6 +10,7 @@ import numpy as np
 import pandas as pd
 
 from shoprec import features
+from shoprec.data import canonical
 
 
 @dataclasses.dataclass(frozen=True)
@@ -59,10 +60,7 @@ class Catalogue:
     @classmethod
     def load(cls, data_dir: str) -> Catalogue:
         """Reads ``<data_dir>/items.csv``."""
-        path = os.path.join(data_dir, features.ITEMS_FILE)
-        string_columns = {column.name: str for column in features.ITEM_COLUMNS if column.dtype == "string"}
-        frame = pd.read_csv(path, dtype=string_columns, keep_default_na=False)
-        return cls.from_frame(frame)
+        return cls.from_frame(canonical.read_table(os.path.join(data_dir, features.ITEMS_FILE)))
 
     def __len__(self) -> int:
         return len(self.item_ids)

@@ -20,10 +20,10 @@ from typing import Protocol
 
 import numpy as np
 
-from shoprec.strategy.catalogue import Catalogue
-from shoprec.strategy.context import Candidates, RetrievalQuery
-from shoprec.strategy.interactions import EVENT_WEIGHTS, Interactions
-from shoprec.strategy.model_gateway import ModelGateway
+from service.strategy.catalogue import Catalogue
+from service.strategy.context import Candidates, RetrievalQuery
+from service.strategy.interactions import EVENT_WEIGHTS, Interactions
+from service.strategy.model_gateway import ModelGateway
 
 TWO_TOWER = "two_tower"
 SESSION = "session"

@@ -15,7 +15,7 @@ import time
 
 import numpy as np
 
-from shoprec.strategy.catalogue import Catalogue
+from service.strategy.catalogue import Catalogue
 
 _log = logging.getLogger(__name__)
 

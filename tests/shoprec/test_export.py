@@ -1,6 +1,6 @@
 """The exported retrieval SavedModel: warmup file, ScaNN top-K against brute force, fallback.
 
-Exports use :func:`shoprec.model.export.synthetic_serving_module` (the real module and ``save``
+Exports use :func:`bench.synthetic_model.synthetic_serving_module` (the real module and ``save``
 over a small synthetic catalogue), so no pipeline run is needed.
 """
 
@@ -13,9 +13,10 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from serving import servable, warmup
+from bench import synthetic_model
+from serving import servable
 from shoprec import features
-from shoprec.model import export, scann_index
+from shoprec.model import scann_index, warmup
 
 NUM_ITEMS = 2000
 TOP_K = 20
@@ -37,8 +38,8 @@ def exports(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """The same synthetic catalogue exported with brute force and with ScaNN."""
     root = tmp_path_factory.mktemp("exports")
     paths = {"brute_force": root / "brute_force", "scann": root / "scann"}
-    export.synthetic_serving_module(NUM_ITEMS, TOP_K).save(str(paths["brute_force"]))
-    export.synthetic_serving_module(NUM_ITEMS, TOP_K, scann=scann_index.ScannConfig()).save(
+    synthetic_model.synthetic_serving_module(NUM_ITEMS, TOP_K).save(str(paths["brute_force"]))
+    synthetic_model.synthetic_serving_module(NUM_ITEMS, TOP_K, scann=scann_index.ScannConfig()).save(
         str(paths["scann"]))
     return paths
 
@@ -47,7 +48,7 @@ def test_warmup_file_is_written_parses_and_is_replayed(exports: dict[str, Path])
     export_dir = str(exports["brute_force"])
     assert os.path.isfile(os.path.join(export_dir, "assets.extra", "tf_serving_warmup_requests"))
     logs = warmup.read_warmup_file(export_dir)
-    assert 1 <= len(logs) <= servable.MAX_WARMUP_RECORDS
+    assert 1 <= len(logs) <= warmup.MAX_WARMUP_RECORDS
     requests = [log.predict_log.request for log in logs]
     assert {r.model_spec.signature_name for r in requests} == {
         features.SIGNATURE_TOP_K, features.SIGNATURE_TOP_K_WITH_HISTORY,
@@ -61,7 +62,7 @@ def test_warmup_file_is_written_parses_and_is_replayed(exports: dict[str, Path])
 def test_warmup_refuses_more_than_tf_servings_limit(tmp_path: Path) -> None:
     request = warmup.predict_request(features.SIGNATURE_TOP_K, {features.USER_ID: ["u0"]})
     with pytest.raises(ValueError, match="1 to 1000"):
-        warmup.write_warmup_file(str(tmp_path), [request] * (servable.MAX_WARMUP_RECORDS + 1))
+        warmup.write_warmup_file(str(tmp_path), [request] * (warmup.MAX_WARMUP_RECORDS + 1))
 
 
 def test_scann_answers_k_distinct_catalogue_items_close_to_brute_force(exports: dict[str, Path]) -> None:
@@ -85,7 +86,7 @@ def test_scann_answers_k_distinct_catalogue_items_close_to_brute_force(exports: 
 
 def test_scann_index_itself_fills_the_top_k() -> None:
     """The recall above is ScaNN's, not the exact fallback's."""
-    module = export.synthetic_serving_module(NUM_ITEMS, TOP_K, scann=scann_index.ScannConfig())
+    module = synthetic_model.synthetic_serving_module(NUM_ITEMS, TOP_K, scann=scann_index.ScannConfig())
     query = module.query_embedding(tf.constant(USERS[:50]), tf.fill([50, 1], ""))[
         features.OUTPUT_EMBEDDING]
     rows, scores = module.approximate_index.search(query)
@@ -93,7 +94,7 @@ def test_scann_index_itself_fills_the_top_k() -> None:
 
 
 def test_scann_falls_back_to_exact_top_k_when_partitions_hold_too_few_items() -> None:
-    module = export.synthetic_serving_module(NUM_ITEMS, TOP_K, scann=scann_index.ScannConfig())
+    module = synthetic_model.synthetic_serving_module(NUM_ITEMS, TOP_K, scann=scann_index.ScannConfig())
     query = tf.math.l2_normalize(tf.random.stateless_normal([3, 64], seed=[1, 2]), axis=1)
     narrow_rows = tf.zeros([3, 5], tf.int32)
     narrow_scores = tf.fill([3, 5], float("nan"))
@@ -115,7 +116,7 @@ def test_scann_config_sizes_and_limits() -> None:
 
 
 def test_serving_default_uses_precomputed_queries_equal_to_the_towers() -> None:
-    module = export.synthetic_serving_module(500, TOP_K, num_users=50)
+    module = synthetic_model.synthetic_serving_module(500, TOP_K, num_users=50)
     known = tf.constant([f"u{i}" for i in range(50)])
     assert module.user_queries.shape == (50, 64)
     via_towers = module.recommend_with_history(known, module._snapshot_history(known))
@@ -134,4 +135,4 @@ def test_serving_default_uses_precomputed_queries_equal_to_the_towers() -> None:
 
 def test_an_empty_user_snapshot_is_refused_with_a_reason() -> None:
     with pytest.raises(ValueError, match="user snapshot is empty"):
-        export.synthetic_serving_module(300, TOP_K, num_users=0)
+        synthetic_model.synthetic_serving_module(300, TOP_K, num_users=0)

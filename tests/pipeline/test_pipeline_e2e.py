@@ -180,7 +180,7 @@ def test_missing_input_folder_or_column_is_named(tmp_path):
         local_runner.main(["--output_dir", str(tmp_path / "o2"), "--data_dir", str(data_dir)])
 
 
-REES46 = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "..", "shared",
+REES46 = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "..", "shared",
                       "datasets", "rees46-sample", "events.csv")
 
 

@@ -28,7 +28,7 @@ import json
 from collections.abc import Collection, Mapping
 from typing import Any
 
-from shoprec.strategy import retrievers
+from service.strategy import retrievers
 
 HOME = "home"
 CART = "cart"

@@ -130,5 +130,5 @@ def test_event_of_unknown_item_is_refused(tmp_path):
 def test_invalid_split_settings_are_refused():
     with pytest.raises(ValueError, match="eval_fraction must be in"):
         EventsExampleGen(input_base="x", eval_fraction=1.0, history_length=3)
-    with pytest.raises(ValueError, match="history_length must be >= 0"):
+    with pytest.raises(ValueError, match="history_length must be >= 1"):
         EventsExampleGen(input_base="x", eval_fraction=0.2, history_length=-1)

@@ -8,9 +8,8 @@ import tensorflow as tf
 
 from bench import quality
 from shoprec.data import importer
-from shoprec.model import metrics
+from shoprec.model import metrics, two_tower
 from shoprec.model import sequence_training as st
-from shoprec.model import two_tower
 
 N_ITEMS = 60
 

@@ -21,9 +21,12 @@ from collections.abc import Sequence
 import tensorflow as tf
 from tensorflow_serving.apis import model_pb2, predict_pb2, prediction_log_pb2
 
-from serving.servable import MAX_WARMUP_RECORDS, WARMUP_FILE
 from shoprec import config, features
 
+# TF Serving's contract (tensorflow_serving/servables/tensorflow/saved_model_warmup_util.cc): the
+# file it replays, and its record limit. The model server reads the same path on its side.
+WARMUP_FILE = os.path.join("assets.extra", "tf_serving_warmup_requests")
+MAX_WARMUP_RECORDS = 1000
 UNKNOWN_USER = "warmup-unknown-user"  # an id no snapshot holds: exercises the cold-start path
 UNKNOWN_ITEM = "warmup-unknown-item"
 

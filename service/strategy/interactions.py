@@ -17,8 +17,9 @@ import numpy as np
 import pandas as pd
 from scipy import sparse
 
+from service.strategy.catalogue import Catalogue
 from shoprec import config, features
-from shoprec.strategy.catalogue import Catalogue
+from shoprec.data import canonical, point_in_time
 
 EVENT_WEIGHTS: dict[str, float] = {features.CLICK: 1.0, features.CART: 2.0, features.PURCHASE: 3.0}
 CO_PURCHASE_WEIGHT = 2.0  # a pair bought by the same user counts twice a pair seen in one session
@@ -33,8 +34,8 @@ class Interactions:
       popular_order: catalogue rows, most popular first (ties: lower row first).
       popular_by_category: per category code, its rows in ``popular_order`` order.
       co_occurrence: ``[I, I]`` CSR matrix of normalised co-occurrence (zero diagonal).
-      histories: user -> latest ``history_length`` items, most recent last, consecutive
-        repeats collapsed (as EventsExampleGen builds the behaviour sequence).
+      histories: user -> the behaviour sequence after all the user's events
+        (:func:`shoprec.data.point_in_time.latest_history`).
       last_timestamps: user -> timestamp of the user's last event.
       purchased: user -> int64 rows of the items the user bought.
     """
@@ -53,19 +54,18 @@ class Interactions:
 
 
 def read_events(data_dir: str) -> pd.DataFrame:
-    """Reads ``<data_dir>/events.csv`` with ids as strings."""
-    dtypes = {column.name: (np.int64 if column.dtype == "int64" else str) for column in features.EVENT_COLUMNS}
-    return pd.read_csv(os.path.join(data_dir, features.EVENTS_FILE), dtype=dtypes, keep_default_na=False)
+    """Reads ``<data_dir>/events.csv`` (:func:`shoprec.data.canonical.read_table`)."""
+    return canonical.read_table(os.path.join(data_dir, features.EVENTS_FILE))
 
 
 def split_by_time(events: pd.DataFrame, eval_fraction: float) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Splits events at the ``1 - eval_fraction`` quantile of time, as the pipeline does.
+    """Splits events by time with the pipeline's rule (:mod:`shoprec.data.point_in_time`).
 
     Returns:
       ``(train, eval)``: events before the cutoff, and at or after it.
     """
-    cutoff = np.quantile(events[features.TIMESTAMP].to_numpy(), 1.0 - eval_fraction, method="nearest")
-    late = events[features.TIMESTAMP].to_numpy() >= cutoff
+    timestamps = events[features.TIMESTAMP].to_numpy()
+    late = timestamps >= point_in_time.time_cutoff(timestamps, eval_fraction)
     return events[~late], events[late]
 
 
@@ -114,12 +114,8 @@ def build_interactions(events: pd.DataFrame, catalogue: Catalogue,
     co_occurrence = _cosine_normalised(counts.tocsr())
 
     ordered = events.sort_values([features.USER_ID, features.TIMESTAMP, features.EVENT_ID], kind="stable")
-    users = ordered[features.USER_ID]
-    items = ordered[features.ITEM_ID]
-    repeat = (items == items.shift()) & (users == users.shift())
-    collapsed = ordered[~repeat.to_numpy()]
-    latest = collapsed.groupby(features.USER_ID, sort=False).tail(history_length)
-    histories = {user: tuple(group) for user, group in latest.groupby(features.USER_ID, sort=False)[features.ITEM_ID]}
+    histories = {user: point_in_time.latest_history(group, history_length)
+                 for user, group in ordered.groupby(features.USER_ID, sort=False)[features.ITEM_ID]}
     last_timestamps = {user: int(ts) for user, ts in events.groupby(features.USER_ID)[features.TIMESTAMP].max().items()}
     purchased = {user: np.unique(group.to_numpy())
                  for user, group in purchases.groupby(features.USER_ID, sort=False)["_row"]}

@@ -18,7 +18,7 @@ from typing import Protocol
 
 import numpy as np
 
-from shoprec.strategy.context import Candidates, RetrievalQuery
+from service.strategy.context import Candidates, RetrievalQuery
 
 
 @dataclasses.dataclass(frozen=True)

@@ -17,12 +17,11 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from serving.client import Code, ModelClient, ModelServerError
+from serving.client import AVAILABLE, Code, ModelClient, ModelServerError
 from shoprec import config, features
 
 _log = logging.getLogger(__name__)
 
-AVAILABLE = "AVAILABLE"
 
 
 class ModelUnavailableError(RuntimeError):

@@ -1,0 +1,127 @@
+"""The service's endpoints, over built components (see :func:`service.app.build_components`)."""
+
+from __future__ import annotations
+
+import logging
+import sqlite3
+import time
+import uuid
+from typing import Annotated
+
+import fastapi
+import orjson
+from fastapi import Body
+from fastapi.responses import PlainTextResponse
+
+from service.components import Components
+from service.errors import ApiError, ErrorResponse
+from service.event_log import LoggedEvent
+from service.feature_store import FeatureStoreError, UserEvent
+from service.schemas import (
+    EventBatch,
+    EventsBody,
+    EventsResponse,
+    HealthResponse,
+    RecommendBody,
+    RecommendResponse,
+)
+from service.strategy.context import SessionEvent
+from service.strategy.metrics import CONTENT_TYPE
+from service.strategy.service import RecommendRequest
+from shoprec import features
+
+_log = logging.getLogger("service.routes")
+
+
+def build_router(components: Components) -> fastapi.APIRouter:
+    """``POST /recommend``, ``POST /events``, ``GET /healthz`` and ``GET /metrics``."""
+    settings = components.settings
+    service = components.service
+    metrics = components.metrics
+    router = fastapi.APIRouter()
+    errors = {400: {"model": ErrorResponse}, 413: {"model": ErrorResponse}, 503: {"model": ErrorResponse}}
+
+    @router.post("/recommend", response_model=RecommendResponse, responses=errors)
+    async def recommend(body: RecommendBody) -> fastapi.Response:
+        """A scene's recommendations for a user (see the module docstring).
+
+        It runs on the event loop and awaits the model (and a remote feature store), so
+        concurrent requests overlap there instead of each holding a worker thread.
+        """
+        began = time.perf_counter()
+        request = RecommendRequest(
+            user_id=body.user_id, scene=body.scene, k=body.k,
+            current_item=body.context.current_item, cart_items=tuple(body.context.cart_items),
+            diversity=body.diversity, min_price=body.filters.min_price, max_price=body.filters.max_price,
+            exclude_ids=tuple(body.filters.exclude_ids), exclude_purchased=body.filters.exclude_purchased)
+        result = await service.recommend_async(request)
+        # The dataclasses have RecommendResponse's fields; orjson writes them directly (no second
+        # validation of our own output on the hot path).
+        content = orjson.dumps(result)
+        metrics.recommend_latency.observe(time.perf_counter() - began, result.scene)
+        return fastapi.Response(content, media_type="application/json")
+
+    @router.post("/events", response_model=EventsResponse, responses=errors)
+    def post_events(body: Annotated[EventsBody, Body()]) -> EventsResponse:
+        """Logs one event or a batch durably, then feeds the online feature store."""
+        posted = body.events if isinstance(body, EventBatch) else [body]
+        if len(posted) > settings.max_batch_events:
+            raise ApiError(413, f"batch of {len(posted)} events exceeds the limit of "
+                                f"{settings.max_batch_events} per request")
+        unknown = sorted({event.item_id for event in posted if event.item_id not in service.catalogue})
+        if unknown:
+            raise ApiError(422, f"invalid request: unknown item_id(s) {', '.join(unknown[:20])}")
+        now = time.time()
+        logged = [
+            LoggedEvent(
+                event_id=event.event_id or f"live-{uuid.uuid4().hex}",
+                user_id=event.user_id, item_id=event.item_id, event_type=event.event_type,
+                timestamp=event.timestamp if event.timestamp is not None else int(now),
+                session_id=event.session_id or event.request_id or f"{event.user_id}-live",
+                request_id=event.request_id)
+            for event in posted]
+        try:
+            inserted = components.event_log.append(logged, received_at=now)
+        except sqlite3.Error as err:
+            _log.error("event log write failed: %s", err)
+            raise ApiError(503, f"event log unavailable, nothing was logged: {err}") from err
+        fresh = [event for event, new in zip(logged, inserted) if new]
+        warnings = []
+        session_events = [UserEvent(event.user_id, SessionEvent(event.item_id, event.event_type, event.timestamp))
+                          for event in fresh if event.event_type in features.EVENT_TYPES]
+        if session_events:
+            try:
+                components.feature_store.record(session_events)
+            except FeatureStoreError as err:
+                warnings.append(f"events logged, but the feature store was not updated: {err}")
+                metrics.degraded.inc("feature_store")
+        for event in fresh:
+            metrics.events.inc(event.event_type)
+            attribution = service.responses.attribute(event.request_id, event.item_id) if service.responses else None
+            if attribution is not None:
+                metrics.attributed_events.inc(attribution.scene, attribution.route, event.event_type)
+        return EventsResponse(accepted=len(fresh), duplicates=len(logged) - len(fresh),
+                              event_ids=[event.event_id for event in logged], warnings=warnings)
+
+    @router.get("/healthz", response_model=HealthResponse)
+    def healthz() -> HealthResponse:
+        """Whether the model and the feature store are reachable (200 even when degraded)."""
+        problems = []
+        served = components.gateway.served
+        if served is None:
+            problems.append("no model version available: home and detail fall back to non-model routes")
+        try:
+            components.feature_store.check()
+        except FeatureStoreError as err:
+            problems.append(f"feature store: {err}")
+        return HealthResponse(status="degraded" if problems else "ok",
+                              model_version=served.version if served else None,
+                              feature_store=components.feature_store.kind,
+                              catalogue_items=len(service.catalogue), problems=problems)
+
+    @router.get("/metrics", response_class=PlainTextResponse)
+    def prometheus_metrics() -> PlainTextResponse:
+        """Prometheus text exposition."""
+        return PlainTextResponse(metrics.render(), media_type=CONTENT_TYPE)
+
+    return router

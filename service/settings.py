@@ -1,0 +1,90 @@
+"""The service's settings: one dataclass, filled from the command line (``build_parser``)."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+
+from service.feature_store import StoreSettings
+from shoprec import config
+
+MAX_K = 100
+MAX_CART_ITEMS = 100
+MAX_EXCLUDE_IDS = 1000
+DEFAULT_MAX_BATCH_EVENTS = 1000
+DEFAULT_MAX_BODY_BYTES = 1 << 20
+ENDPOINTS = ("/recommend", "/events", "/healthz", "/metrics")
+
+
+
+@dataclasses.dataclass(frozen=True)
+class ServiceSettings:
+    """Everything the service is configured with (the command line fills it)."""
+
+    data_dir: str
+    model_url: str = "http://localhost:8501"
+    model_name: str = config.MODEL_NAME
+    redis_url: str | None = None
+    event_log: str = "runs/service/events.sqlite"
+    routing_file: str | None = None
+    denylist_file: str | None = None
+    history_length: int = config.SplitConfig.history_length
+    store: StoreSettings = StoreSettings()
+    model_poll_seconds: float = 10.0
+    model_timeout_seconds: float = 0.5
+    max_batch_events: int = DEFAULT_MAX_BATCH_EVENTS
+    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The command-line parser."""
+    defaults = ServiceSettings(data_dir="")
+    parser = argparse.ArgumentParser(
+        prog="python -m service.app",
+        description="The shoprec recommendation service: POST /recommend, POST /events, GET /healthz, "
+                    "GET /metrics, OpenAPI at /docs and /openapi.json.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("--data_dir", required=True,
+                        help="the shop's canonical files (items.csv, events.csv) the model was trained on")
+    parser.add_argument("--model_url", default=defaults.model_url,
+                        help="TF Serving (or python -m serving.model_server): http://host:port (REST) "
+                             "or grpc://host:port")
+    parser.add_argument("--model_name", default=defaults.model_name, help="the served model's name")
+    parser.add_argument("--redis_url", default=None,
+                        help="online feature store, e.g. redis://localhost:6379/0; default: in-process store")
+    parser.add_argument("--event_log", default=defaults.event_log, help="durable event log (SQLite file)")
+    parser.add_argument("--routing", default=None, help="routing table (JSON); default: the built-in table")
+    parser.add_argument("--denylist", default=None, help="item ids never to recommend, one per line "
+                                                         "(re-read when it changes)")
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=8080)
+    parser.add_argument("--history_length", type=int, default=defaults.history_length,
+                        help="items passed to the user tower")
+    parser.add_argument("--recent_events", type=int, default=defaults.store.history_length,
+                        help="recent events kept per user in the feature store")
+    parser.add_argument("--session_ttl_seconds", type=int, default=defaults.store.session_ttl_seconds,
+                        help="recent events expire this long after the user's last event")
+    parser.add_argument("--purchase_ttl_seconds", type=int, default=defaults.store.purchase_ttl_seconds,
+                        help="live purchases expire from the feature store after this long")
+    parser.add_argument("--model_poll_seconds", type=float, default=defaults.model_poll_seconds,
+                        help="how often to look for a new model version")
+    parser.add_argument("--model_timeout_seconds", type=float, default=defaults.model_timeout_seconds,
+                        help="deadline of each model server request")
+    parser.add_argument("--max_batch_events", type=int, default=defaults.max_batch_events,
+                        help="most events per POST /events")
+    parser.add_argument("--max_body_bytes", type=int, default=defaults.max_body_bytes,
+                        help="largest request body")
+    parser.add_argument("--log_level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    return parser
+
+
+def settings_from_args(args: argparse.Namespace) -> ServiceSettings:
+    """ServiceSettings from parsed flags."""
+    return ServiceSettings(
+        data_dir=args.data_dir, model_url=args.model_url, model_name=args.model_name, redis_url=args.redis_url,
+        event_log=args.event_log, routing_file=args.routing, denylist_file=args.denylist,
+        history_length=args.history_length,
+        store=StoreSettings(history_length=args.recent_events, session_ttl_seconds=args.session_ttl_seconds,
+                            purchase_ttl_seconds=args.purchase_ttl_seconds),
+        model_poll_seconds=args.model_poll_seconds, model_timeout_seconds=args.model_timeout_seconds,
+        max_batch_events=args.max_batch_events, max_body_bytes=args.max_body_bytes)
