@@ -8,15 +8,43 @@ from __future__ import annotations
 import csv
 import io
 import os
-from typing import TYPE_CHECKING
+from typing import IO, TYPE_CHECKING
 
 import numpy as np
-import tensorflow as tf
 
 from shoprec import features
 
 if TYPE_CHECKING:
     import pandas as pd
+
+
+def _is_remote(path: str) -> bool:
+    return "://" in path
+
+
+def _isdir(path: str) -> bool:
+    if _is_remote(path):  # gs://, s3://, hdfs://: TensorFlow's file systems (imported only then)
+        import tensorflow as tf
+
+        return tf.io.gfile.isdir(path)
+    return os.path.isdir(path)
+
+
+def _exists(path: str) -> bool:
+    if _is_remote(path):
+        import tensorflow as tf
+
+        return tf.io.gfile.exists(path)
+    return os.path.exists(path)
+
+
+def open_text(path: str) -> IO[str]:
+    """Opens a local or remote (``gs://`` ...) file for reading text."""
+    if _is_remote(path):
+        import tensorflow as tf
+
+        return tf.io.gfile.GFile(path)
+    return open(path, encoding="utf-8", newline="")
 
 
 class DataError(ValueError):
@@ -29,7 +57,7 @@ def check_data_dir(data_dir: str) -> None:
     Raises:
       DataError: the folder or a file is missing, or a file lacks a required column.
     """
-    if not tf.io.gfile.isdir(data_dir):
+    if not _isdir(data_dir):
         raise DataError(f"input folder {data_dir!r} does not exist")
     for file_name in features.CANONICAL_FILES:
         read_header(os.path.join(data_dir, file_name))
@@ -50,10 +78,10 @@ def read_header(path: str) -> dict[str, int]:
     file_name = os.path.basename(path)
     if file_name not in features.CANONICAL_FILES:
         raise DataError(f"{path}: not a canonical file ({', '.join(features.CANONICAL_FILES)})")
-    if not tf.io.gfile.exists(path):
+    if not _exists(path):
         raise DataError(f"{path}: file is missing (every data folder needs "
                         f"{', '.join(features.CANONICAL_FILES)})")
-    with tf.io.gfile.GFile(path) as f:
+    with open_text(path) as f:
         first_line = f.readline()
     if not first_line.strip():
         raise DataError(f"{path}: file is empty; the first line must be a header")
@@ -128,7 +156,7 @@ def read_table(path: str) -> pd.DataFrame:
 
     positions = read_header(path)
     declared = {column.name: column.dtype for column in features.CANONICAL_FILES[os.path.basename(path)]}
-    with tf.io.gfile.GFile(path) as f:
+    with open_text(path) as f:
         frame = pd.read_csv(f, dtype=str, keep_default_na=False)
     frame.columns = [str(name).strip() for name in frame.columns]
     for name, dtype in declared.items():
