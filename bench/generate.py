@@ -22,12 +22,9 @@ import tempfile
 import time
 from typing import Sequence
 
-import numpy as np
-import pandas as pd
 import psutil
 
 from shoprec.config import ShopConfig
-from shoprec.data import generate
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEFAULT_OUT = os.path.join(REPO, "bench", "results", "generate.json")
@@ -54,6 +51,9 @@ def write_report(report: dict, path: str) -> None:
 
 def machine_info() -> dict[str, object]:
     """CPU model, core count, RAM, Python and library versions."""
+    import numpy as np
+    import pandas as pd  # slow to import: only when a report is written, not for --help
+
     return {
         "cpu_model": _cpu_model(),
         "cpu_cores": os.cpu_count(),
@@ -71,6 +71,9 @@ def time_one_size(events: int, out_dir: str) -> dict[str, object]:
     Returns:
       Scale, seconds (generate, write, total) and this process's peak RSS in MiB.
     """
+    # Imported here (it imports pandas), before the clock starts as when it was at the top.
+    from shoprec.data import generate
+
     config = dataclasses.replace(ShopConfig(), events=events)
     began = time.perf_counter()
     shop = generate.generate_shop(config)

@@ -24,17 +24,15 @@ import subprocess
 import sys
 import time
 from collections.abc import Sequence
-
-import grpc
-import numpy as np
-import portpicker
-import psutil
-import uvloop
-from tensorflow.core.framework import types_pb2
-from tensorflow_serving.apis import model_pb2, predict_pb2, prediction_service_pb2_grpc
+from typing import TYPE_CHECKING
 
 from bench.generate import machine_info, write_report
 from shoprec import config, features
+
+# grpc, uvloop and the TensorFlow Serving protos (which import TensorFlow) are imported in the
+# functions that use them, so that --help answers at once and without TensorFlow's warnings.
+if TYPE_CHECKING:
+    from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEFAULT_OUT = os.path.join(REPO, "bench", "results", "grpc_floor.json")
@@ -45,6 +43,9 @@ TOP_K = 100
 
 def fixed_response() -> predict_pb2.PredictResponse:
     """A ``serving_default``-shaped answer: 100 item ids and 100 scores for one user."""
+    from tensorflow.core.framework import types_pb2
+    from tensorflow_serving.apis import predict_pb2
+
     response = predict_pb2.PredictResponse()
     for name, dtype in ((features.OUTPUT_ITEM_IDS, types_pb2.DT_STRING),
                         (features.OUTPUT_SCORES, types_pb2.DT_FLOAT)):
@@ -59,6 +60,10 @@ def fixed_response() -> predict_pb2.PredictResponse:
 
 def serve(flavour: str, port: int) -> None:
     """Runs the do-nothing server until killed."""
+    import grpc
+    import uvloop
+    from tensorflow_serving.apis import prediction_service_pb2_grpc
+
     response = fixed_response()
 
     class ThreadPoolServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
@@ -89,6 +94,16 @@ def serve(flavour: str, port: int) -> None:
 
 def measure(flavour: str, concurrencies: Sequence[int], requests: int) -> list[dict[str, float]]:
     """Starts a server of ``flavour`` and loads it at each concurrency."""
+    import grpc
+    import numpy as np
+    import portpicker
+    import psutil
+    from tensorflow_serving.apis import (
+        model_pb2,
+        predict_pb2,
+        prediction_service_pb2_grpc,
+    )
+
     port = portpicker.pick_unused_port()
     process = subprocess.Popen([sys.executable, "-m", "bench.grpc_floor", "--serve", flavour,
                                 "--port", str(port)], cwd=REPO)
@@ -151,6 +166,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.serve:
         serve(args.serve, args.port)
         return 0
+    import grpc
+
     report = {
         "benchmark": "gRPC floor: a PredictionService that returns a fixed 100-item response, "
                      "no model; client threads with the official stubs on the same machine",

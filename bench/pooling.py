@@ -20,8 +20,7 @@ import tempfile
 from typing import Sequence
 
 from bench.generate import machine_info
-from shoprec.config import ShopConfig
-from shoprec.model.two_tower import POOLINGS
+from shoprec.config import POOLINGS, ShopConfig
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

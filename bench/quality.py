@@ -22,15 +22,17 @@ import os
 import sys
 import tempfile
 import time
-from typing import Callable, Sequence
+from typing import TYPE_CHECKING, Callable, Sequence
 
 import numpy as np
 
 from bench.generate import machine_info, write_report
 from shoprec import features
-from shoprec.data import canonical, importer
-from shoprec.model import baselines
-from shoprec.model import sequence_training as st
+
+# The data and model modules (TensorFlow, pandas, SciPy) are imported in the functions that use
+# them, so that --help answers at once and without TensorFlow's warnings.
+if TYPE_CHECKING:
+    from shoprec.model import sequence_training as st
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEFAULT_DATA = os.path.join(REPO, "..", "shared", "datasets", "amazon-beauty")
@@ -54,7 +56,23 @@ PUBLISHED: dict[str, dict[str, float]] = {
 OURS = ("two_tower", "popularity", "item_knn", "als")
 LABELS = {"two_tower": "two-tower (ours)", "popularity": "popularity (ours)",
           "item_knn": "item-kNN (ours)", "als": "ALS (ours)"}
-REPORTED = tuple(f"{m}@{k}" for m in ("hitrate", "ndcg") for k in st.KS)
+# Command-line option (its ``dest``) -> the ``SequenceConfig`` field it sets. The options have
+# no argparse default: unset, the field keeps its ``SequenceConfig`` default, so the model
+# module (TensorFlow) is imported only after the arguments are parsed.
+CONFIG_OPTIONS = {
+    "max_length": "max_length", "dim": "embedding_dim", "blocks": "blocks", "heads": "heads",
+    "dropout": "dropout", "normalize": "normalize", "temperature": "temperature",
+    "user_id": "use_user_id", "item_attributes": "item_attributes", "negatives": "negatives",
+    "batch_size": "batch_size", "learning_rate": "learning_rate", "epochs": "epochs",
+    "patience": "patience", "eval_every": "eval_every", "seed": "seed",
+}
+
+
+def reported() -> tuple[str, ...]:
+    """The metrics of the report and the table: HR and NDCG at each cut-off of ``st.KS``."""
+    from shoprec.model import sequence_training as st
+
+    return tuple(f"{m}@{k}" for m in ("hitrate", "ndcg") for k in st.KS)
 
 Scorer = Callable[[Sequence[np.ndarray], np.ndarray], np.ndarray]
 
@@ -68,6 +86,9 @@ def load_data(path: str, item_attributes: bool) -> tuple[st.SequenceData, int]:
     With ``item_attributes``, each item's category and brand come from the importer's Amazon
     adapter (``Beauty_item2attributes.json``), the same values the pipeline would see.
     """
+    from shoprec.data import importer
+    from shoprec.model import sequence_training as st
+
     sequences = importer.load_amazon_beauty_sequences(path)
     attributes = amazon_item_attributes(path) if item_attributes else None
     data = st.index_sequences(*importer.leave_one_out(sequences), item_attributes=attributes)
@@ -76,6 +97,8 @@ def load_data(path: str, item_attributes: bool) -> tuple[st.SequenceData, int]:
 
 def amazon_item_attributes(path: str) -> dict[str, tuple[str, str]]:
     """Item id -> (category, brand) as ``importer`` derives them for ``items.csv``."""
+    from shoprec.data import canonical, importer
+
     with tempfile.TemporaryDirectory(prefix="shoprec-quality-") as out_dir:
         importer.import_logs("amazon-beauty", path, out_dir)
         items = canonical.read_table(os.path.join(out_dir, features.ITEMS_FILE))
@@ -94,12 +117,16 @@ def _interactions(histories: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarr
 
 def popularity_scorer(fit: Sequence[np.ndarray], n_items: int) -> Scorer:
     """Scores every user with the items' interaction counts in the ``fit`` sequences."""
+    from shoprec.model import baselines
+
     counts = baselines.popularity_scores(_interactions(fit)[1], n_items)
     return lambda chunk, rows: np.broadcast_to(counts, (len(chunk), n_items))
 
 
 def knn_scorer(fit: Sequence[np.ndarray], n_items: int, neighbours: int) -> Scorer:
     """Item-kNN fitted on the ``fit`` sequences, scoring each user from their own history."""
+    from shoprec.model import baselines
+
     users, items = _interactions(fit)
     knn = baselines.ItemKNN(users, items, n_items, neighbours)
     return lambda chunk, rows: knn.scores([h - 1 for h in chunk])
@@ -107,6 +134,8 @@ def knn_scorer(fit: Sequence[np.ndarray], n_items: int, neighbours: int) -> Scor
 
 def als_scorer(fit: Sequence[np.ndarray], n_items: int, factors: int) -> Scorer:
     """ALS (``implicit``) fitted on the ``fit`` sequences, scoring each user from their history."""
+    from shoprec.model import baselines
+
     users, items = _interactions(fit)
     als = baselines.ALS(users, items, n_items, factors=factors)
     return lambda chunk, rows: als.scores([h - 1 for h in chunk])
@@ -116,6 +145,8 @@ def _select_on_validation(name: str, setting: str, scorers: dict[int, Scorer],
                           data: st.SequenceData, log: Callable[[str], None]
                           ) -> tuple[int, Scorer, dict[int, dict[str, float]]]:
     """Validates each setting's scorer; returns the best setting, its scorer and every result."""
+    from shoprec.model import sequence_training as st
+
     valid = {}
     for value, scorer in scorers.items():
         valid[value] = st.evaluate(scorer, data.valid_histories(), data.valid, data.n_items)
@@ -141,6 +172,8 @@ def evaluate_baselines(data: st.SequenceData, neighbours: Sequence[int],
     refitted on the training and validation items for the test (``item_knn_refit``), which
     the model is not.
     """
+    from shoprec.model import sequence_training as st
+
     valid_h, test_h, n = data.valid_histories(), data.test_histories(), data.n_items
     results: dict = {"valid": {}, "test": {}}
     popularity = popularity_scorer(data.train, n)
@@ -165,8 +198,10 @@ def evaluate_baselines(data: st.SequenceData, neighbours: Sequence[int],
 # ---------------------------------------------------------------------------------------------
 # The benchmark.
 # ---------------------------------------------------------------------------------------------
-def _rounded(metrics: dict[str, float], names: Sequence[str] = REPORTED) -> dict[str, float]:
-    return {name: round(float(metrics[name]), 4) for name in names}
+def _rounded(metrics: dict[str, float], names: Sequence[str] | None = None) -> dict[str, float]:
+    """``metrics[name]`` to 4 places for each of ``names`` (default: :func:`reported`)."""
+    return {name: round(float(metrics[name]), 4)
+            for name in (reported() if names is None else names)}
 
 
 def run(data: st.SequenceData, config: st.SequenceConfig,
@@ -179,6 +214,8 @@ def run(data: st.SequenceData, config: st.SequenceConfig,
       ``test`` and ``valid`` metrics per method, ``training`` (time, epochs, per-epoch
       validation), ``hyperparameters`` and ``targets`` (which acceptance targets are met).
     """
+    from shoprec.model import sequence_training as st
+
     log(f"baselines on {len(data.users):,} users, {data.n_items:,} items")
     began = time.perf_counter()
     base = evaluate_baselines(data, knn_neighbours, log, als_factors)
@@ -236,13 +273,15 @@ def run(data: st.SequenceData, config: st.SequenceConfig,
 
 def render_table(report: dict[str, object]) -> str:
     """Ours (all cut-offs) and the published numbers (HR@10/NDCG@10), one line each."""
+    from shoprec.model import sequence_training as st
+
     head = (f"{'method':<24}" + "".join(f"{'HR@' + str(k):>9}" for k in st.KS)
             + "".join(f"{'NDCG@' + str(k):>9}" for k in st.KS))
     lines = ["Amazon Beauty, leave-one-out, full ranking over all items (test items)", head,
              "-" * len(head)]
     for name in OURS:
         metrics = report["test"][name]  # type: ignore[index]
-        lines.append(f"{LABELS[name]:<24}" + "".join(f"{metrics[m]:>9.4f}" for m in REPORTED))
+        lines.append(f"{LABELS[name]:<24}" + "".join(f"{metrics[m]:>9.4f}" for m in reported()))
     lines.append("published (HR@10, NDCG@10 only):")
     for name, metrics in PUBLISHED.items():
         lines.append(f"{'  ' + name:<24}{'':>9}{metrics['hitrate@10']:>9.4f}{'':>9}{'':>9}"
@@ -295,61 +334,52 @@ def _command(argv: Sequence[str]) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    defaults = st.SequenceConfig()
     parser = argparse.ArgumentParser(prog="python -m bench.quality", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", default=DEFAULT_DATA,
                         help="folder with Beauty.txt and Beauty_item2attributes.json")
     parser.add_argument("--out", default=DEFAULT_OUT,
                         help="JSON results; the chart goes beside it with a .png suffix")
-    parser.add_argument("--epochs", type=int, default=defaults.epochs, help="most epochs")
-    parser.add_argument("--patience", type=int, default=defaults.patience,
+    parser.add_argument("--epochs", type=int, help="most epochs")
+    parser.add_argument("--patience", type=int,
                         help="stop after this many validations without a better NDCG@10")
-    parser.add_argument("--eval-every", type=int, default=defaults.eval_every,
-                        help="validate every N epochs")
+    parser.add_argument("--eval-every", type=int, help="validate every N epochs")
     parser.add_argument("--time-budget-min", type=float, default=DEFAULT_BUDGET_MIN,
                         help="stop training when another epoch and validation would pass this "
                              "many minutes (0: no limit)")
-    parser.add_argument("--batch-size", type=int, default=defaults.batch_size)
-    parser.add_argument("--learning-rate", type=float, default=defaults.learning_rate)
-    parser.add_argument("--max-length", type=int, default=defaults.max_length,
-                        help="most recent items the query tower reads")
-    parser.add_argument("--dim", type=int, default=defaults.embedding_dim,
-                        help="embedding and tower output width")
-    parser.add_argument("--blocks", type=int, default=defaults.blocks,
-                        help="causal self-attention blocks")
-    parser.add_argument("--heads", type=int, default=defaults.heads)
-    parser.add_argument("--dropout", type=float, default=defaults.dropout)
-    parser.add_argument("--negatives", type=int, default=defaults.negatives,
+    parser.add_argument("--batch-size", type=int)
+    parser.add_argument("--learning-rate", type=float)
+    parser.add_argument("--max-length", type=int, help="most recent items the query tower reads")
+    parser.add_argument("--dim", type=int, help="embedding and tower output width")
+    parser.add_argument("--blocks", type=int, help="causal self-attention blocks")
+    parser.add_argument("--heads", type=int)
+    parser.add_argument("--dropout", type=float)
+    parser.add_argument("--negatives", type=int,
                         help="0: full softmax over all items; N: sampled softmax, N items a batch")
     parser.add_argument("--normalize", action=argparse.BooleanOptionalAction,
-                        default=defaults.normalize, help="cosine scores / temperature")
-    parser.add_argument("--temperature", type=float, default=defaults.temperature)
+                        help="cosine scores / temperature")
+    parser.add_argument("--temperature", type=float)
     parser.add_argument("--user-id", action=argparse.BooleanOptionalAction,
-                        default=defaults.use_user_id, help="user-id embedding in the query tower")
+                        help="user-id embedding in the query tower")
     parser.add_argument("--item-attributes", action=argparse.BooleanOptionalAction,
-                        default=defaults.item_attributes,
                         help="category and brand embeddings in the candidate tower")
     parser.add_argument("--knn-neighbours", type=int, nargs="+", default=list(KNN_NEIGHBOURS),
                         help="item-kNN neighbour counts tried on the validation items")
     parser.add_argument("--als-factors", type=int, nargs="+", default=list(ALS_FACTORS),
                         help="ALS factor counts tried on the validation items")
-    parser.add_argument("--seed", type=int, default=defaults.seed)
+    parser.add_argument("--seed", type=int)
     args = parser.parse_args(argv)
+    from shoprec.model import sequence_training as st
+
     config = st.SequenceConfig(
-        max_length=args.max_length, embedding_dim=args.dim, blocks=args.blocks,
-        heads=args.heads, dropout=args.dropout, normalize=args.normalize,
-        temperature=args.temperature, use_user_id=args.user_id,
-        item_attributes=args.item_attributes, negatives=args.negatives,
-        batch_size=args.batch_size, learning_rate=args.learning_rate, epochs=args.epochs,
-        patience=args.patience, eval_every=args.eval_every,
-        time_budget_s=args.time_budget_min * 60 if args.time_budget_min > 0 else None,
-        seed=args.seed)
+        **{field: getattr(args, dest) for dest, field in CONFIG_OPTIONS.items()
+           if getattr(args, dest) is not None},
+        time_budget_s=args.time_budget_min * 60 if args.time_budget_min > 0 else None)
 
     def log(line: str) -> None:
         print(line, flush=True)
 
-    data, interactions = load_data(args.data, args.item_attributes)
+    data, interactions = load_data(args.data, config.item_attributes)
     report: dict[str, object] = {
         "benchmark": "retrieval quality on Amazon Beauty (leave-one-out, full ranking)",
         "command": _command(sys.argv[1:] if argv is None else argv),

@@ -39,17 +39,20 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from importlib import metadata
+from typing import TYPE_CHECKING
 
-import grpc
 import numpy as np
 import portpicker
 import psutil
 import requests
-import tensorflow as tf
-from tensorflow_serving.apis import model_pb2, predict_pb2, prediction_service_pb2_grpc
 
 from bench.generate import machine_info, write_report
 from shoprec import config, features
+
+# TensorFlow, grpc and the TensorFlow Serving protos are imported in the functions that use them,
+# so that --help answers at once and without TensorFlow's warnings.
+if TYPE_CHECKING:
+    from tensorflow_serving.apis import predict_pb2
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEFAULT_OUT = os.path.join(REPO, "bench", "results", "serving.json")
@@ -196,6 +199,9 @@ def _query_users(count: int, seed: int = 0) -> list[str]:
 
 def _grpc_request(users: Sequence[str], signature: str = features.SIGNATURE_TOP_K,
                   history: Sequence[Sequence[str]] | None = None) -> predict_pb2.PredictRequest:
+    import tensorflow as tf
+    from tensorflow_serving.apis import model_pb2, predict_pb2
+
     request = predict_pb2.PredictRequest(
         model_spec=model_pb2.ModelSpec(name=config.MODEL_NAME, signature_name=signature))
     request.inputs[features.USER_ID].CopyFrom(tf.make_tensor_proto(list(users)))
@@ -210,6 +216,9 @@ Sender = Callable[[int], None]
 def _grpc_senders(server: Server, users: Sequence[str]) -> Iterator[Sender]:
     """One request function per client thread (stubs on one channel); request ``i`` asks for
     ``users[i % len(users)]``."""
+    import grpc
+    from tensorflow_serving.apis import prediction_service_pb2_grpc
+
     channel = grpc.insecure_channel(server.grpc_target)
     grpc_requests = [_grpc_request([user]) for user in users]
     while True:
@@ -295,6 +304,10 @@ def served_top_items(server: Server, users: Sequence[str],
                      histories: Sequence[Sequence[str]]) -> np.ndarray:
     """``[len(users) + len(histories), K]`` item ids served for ``users`` (``serving_default``)
     and for the first users with ``histories`` (``recommend_with_history``), over gRPC."""
+    import grpc
+    import tensorflow as tf
+    from tensorflow_serving.apis import prediction_service_pb2_grpc
+
     stub = prediction_service_pb2_grpc.PredictionServiceStub(grpc.insecure_channel(server.grpc_target))
     answers = []
     for start in range(0, len(users), 50):
@@ -312,6 +325,8 @@ def recall(approximate: np.ndarray, exact: np.ndarray, k: int) -> float:
 
 
 def _catalogue_size(base_path: str) -> int:
+    import tensorflow as tf
+
     version = max(int(v) for v in os.listdir(base_path) if v.isdigit())
     checkpoint = os.path.join(base_path, str(version), "variables", "variables")
     return int(tf.train.load_variable(
@@ -386,6 +401,9 @@ def targets(results: dict[str, dict], recalls: dict[str, float]) -> list[dict[st
 
 
 def _library_versions() -> dict[str, str]:
+    import grpc
+    import tensorflow as tf
+
     return {"tensorflow": tf.__version__, "scann": metadata.version("scann"),
             "grpcio": grpc.__version__}
 

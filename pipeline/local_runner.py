@@ -12,36 +12,14 @@ Everything a run writes lives under ``--output_dir``: ``data/`` (a generated sho
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import os
 import sys
 import time
 from collections.abc import Sequence
 
+from pipeline import beam, flags
 from pipeline.run_console import RunConsole
-from shoprec.config import (
-    MODEL_NAME,
-    PIPELINE_NAME,
-    EvalConfig,
-    ShopConfig,
-    SplitConfig,
-    TrainConfig,
-)
-
-# The in-memory DirectRunner: the fastest Beam runner on one machine (../shared/STACK.md).
-BEAM_ARGS = ["--direct_running_mode=in_memory", "--direct_num_workers=1"]
-
-
-def _parse_bool(text: str) -> bool:
-    if text.lower() in ("1", "true", "yes", "on"):
-        return True
-    if text.lower() in ("0", "false", "no", "off"):
-        return False
-    raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
-
-
-# TrainConfig's annotations are strings (postponed evaluation).
-_FLAG_TYPES = {"int": int, "float": float, "bool": _parse_bool, "str": str}
+from shoprec.config import PIPELINE_NAME, ShopConfig
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -58,23 +36,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--users", type=int, default=ShopConfig.users)
     parser.add_argument("--items", type=int, default=ShopConfig.items)
     parser.add_argument("--seed", type=int, default=ShopConfig.seed)
-    parser.add_argument("--eval_fraction", type=float, default=SplitConfig.eval_fraction,
-                        help="share of events, the latest, in the eval split (default: %(default)s)")
-    parser.add_argument("--history_length", type=int, default=SplitConfig.history_length,
-                        help="behaviour-sequence length N (default: %(default)s)")
-    for field in dataclasses.fields(TrainConfig):  # every hyper-parameter, e.g. --learning_rate
-        parser.add_argument(f"--{field.name}", type=_FLAG_TYPES[field.type], default=field.default,
-                            help=f"two-tower {field.name} (default: %(default)s)")
-    parser.add_argument("--min_ndcg", type=float, default=EvalConfig.min_blessing_value,
-                        help="absolute floor on NDCG@10 for blessing (default: %(default)s)")
-    parser.add_argument("--bless_below_popularity", action="store_true",
-                        help="do not require beating the popularity baseline (for smoke tests "
-                             "on shops too small to learn from)")
-    parser.add_argument("--tuner_trials", type=int, default=0,
-                        help="run a Tuner with this many trials before the Trainer (default: "
-                             "%(default)s, no tuning)")
-    parser.add_argument("--model_name", default=MODEL_NAME)
-    parser.add_argument("--no_cache", action="store_true", help="rerun every component")
+    flags.add_model_flags(parser)
+    beam.add_beam_flags(parser)  # --beam_runner (default in_memory), --beam_workers, --beam_arg
     parser.add_argument("--verbose", action="store_true",
                         help="show TF, absl and Beam logs live (they always go to <output_dir>/logs/)")
     return parser
@@ -84,8 +47,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Binds this machine's paths, SQLite metadata and Beam arguments to ``create_pipeline``, runs it."""
     args = build_parser().parse_args(argv)
     try:
-        train = TrainConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)})
-        split = SplitConfig(eval_fraction=args.eval_fraction, history_length=args.history_length)
+        split, train, evaluation = flags.configs_from_flags(args)
+        beam_args = beam.beam_args_from_flags(args)  # BeamConfigError is a ValueError
         shop = ShopConfig(users=args.users, items=args.items, events=args.events, seed=args.seed)
     except ValueError as error:
         raise SystemExit(f"bad flag: {error}") from None
@@ -123,11 +86,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             serving_dir=serving_dir,
             metadata_connection_config=tfx.orchestration.metadata.sqlite_metadata_connection_config(
                 metadata_path),
-            beam_pipeline_args=BEAM_ARGS,
+            beam_pipeline_args=beam_args,
             split=split,
             train=train,
-            evaluation=EvalConfig(min_blessing_value=args.min_ndcg,
-                                  must_beat_popularity=not args.bless_below_popularity),
+            evaluation=evaluation,
             model_name=args.model_name,
             schema_path=schema.path,
             disabled_features=schema.disabled_features,

@@ -1,4 +1,4 @@
-"""The deployment files for real TF Serving agree with each other and with the code.
+"""deploy/serving (real TF Serving: configs, Deployment, Service, compose) agrees with the code.
 
 The container flags are also parsed by the local server's own flag parser, so the same command
 line runs on both servers.
