@@ -19,12 +19,12 @@ from tfx_bsl.public import tfxio
 
 from shoprec import features
 from shoprec.config import TrainConfig
-from shoprec.data import canonical
+from shoprec.data import canonical, point_in_time
 from shoprec.model import export, scann_index, two_tower
 
-_SNAPSHOT_COLUMNS = (features.USER_ID, features.AGE_GROUP_FEATURE.transformed_name,
-                     features.HISTORY_FEATURE.transformed_name,
-                     features.ITEM_ID_FEATURE.transformed_name, features.TIMESTAMP)
+_SNAPSHOT_COLUMNS = (features.USER_ID, features.AGE_GROUP_FEATURE.transformed_name, features.ITEM_ID,
+                     features.EVENT_ID, features.TIMESTAMP)
+_TRAIN_COLUMNS = (features.ITEM_ID_FEATURE.transformed_name, features.TIMESTAMP)
 
 
 def vocabulary_sizes(tft_output: tft.TFTransformOutput,
@@ -55,24 +55,29 @@ def read_columns(dataset: tf.data.Dataset, names: tuple[str, ...]) -> dict[str, 
 
 def user_snapshot(columns: dict[str, np.ndarray], tft_output: tft.TFTransformOutput,
                   history_length: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Each training user's age group and latest items (history + last item), as strings.
+    """Each user's age group and behaviour sequence as of their latest event, as strings.
+
+    Args:
+      columns: :data:`_SNAPSHOT_COLUMNS` of every example, train and eval: the pushed model serves
+        with everything the data holds, so users whose events all lie in the eval period are known.
+      tft_output: Transform's output (the age-group vocabulary).
+      history_length: N.
 
     Returns:
-      ``(user_ids, age_groups, histories)``, each ``[users]``; histories are space-joined.
+      ``(user_ids, age_groups, histories)``, each ``[users]``; histories are space-joined, built by
+      :func:`shoprec.data.point_in_time.latest_history` (the rule ExampleGen and the service use).
     """
-    user_names, users = np.unique(columns[features.USER_ID], return_inverse=True)
-    latest = np.lexsort((columns[features.TIMESTAMP], users))
-    last_rows = latest[np.r_[users[latest][1:] != users[latest][:-1], True]]
+    order = np.lexsort((columns[features.EVENT_ID], columns[features.TIMESTAMP], columns[features.USER_ID]))
+    users = columns[features.USER_ID][order]
+    items = np.char.decode(columns[features.ITEM_ID][order].astype(bytes), "utf-8")
+    starts = np.flatnonzero(np.r_[True, users[1:] != users[:-1]])
+    ends = np.r_[starts[1:], len(users)]
     age_vocab = np.array(
         tft_output.vocabulary_by_name(f"{features.AGE_GROUP}_vocab") + [b""]).astype(str)
-    item_vocab = np.array([""] + [v.decode() for v in
-                                  tft_output.vocabulary_by_name(features.ITEM_ID_VOCAB)] + [""])
-    histories = []
-    for row in last_rows:
-        indices = columns[features.HISTORY_FEATURE.transformed_name][row]
-        indices = np.append(indices[indices > 0], columns[features.ITEM_ID_FEATURE.transformed_name][row])
-        histories.append(export.join_history([item_vocab[i] for i in indices[-history_length:]]))
-    return (np.array([name.decode() for name in user_names[users[last_rows]]], dtype=object),
+    last_rows = order[ends - 1]
+    histories = [export.join_history(list(point_in_time.latest_history(items[start:end], history_length)))
+                 for start, end in zip(starts, ends)]
+    return (np.array([name.decode() for name in users[starts]], dtype=object),
             age_vocab[np.minimum(columns[features.AGE_GROUP_FEATURE.transformed_name][last_rows],
                                  len(age_vocab) - 1)],
             np.array(histories, dtype=object))
@@ -112,8 +117,7 @@ class _Inputs:
         self.tft_output = tft.TFTransformOutput(fn_args.transform_output
                                                 or fn_args.transform_graph_path)
         self._fn_args = fn_args
-        self.columns = read_columns(self.dataset(fn_args.train_files, shuffle=False),
-                                    _SNAPSHOT_COLUMNS)
+        self.columns = read_columns(self.dataset(fn_args.train_files, shuffle=False), _TRAIN_COLUMNS)
         self.sizes = vocabulary_sizes(self.tft_output, self.config.user_id_hash_buckets)
         logging.info("vocabulary sizes %s; %d training examples", self.sizes,
                      len(self.columns[features.TIMESTAMP]))
@@ -158,7 +162,7 @@ def tuner_fn(fn_args: tfx.components.FnArgs) -> tfx.components.TunerFnResult:
 def run_fn(fn_args: tfx.components.FnArgs) -> None:
     """TFX Trainer entry point."""
     inputs = _Inputs(fn_args)
-    config, tft_output, columns = inputs.config, inputs.tft_output, inputs.columns
+    config, tft_output = inputs.config, inputs.tft_output
     history_length = inputs.history_length
     tf.keras.utils.set_random_seed(0)
     model = inputs.build_model(config)
@@ -167,7 +171,11 @@ def run_fn(fn_args: tfx.components.FnArgs) -> None:
                         verbose=2)
     logging.info("training losses %s", history.history)
 
-    user_ids, age_groups, histories = user_snapshot(columns, tft_output, history_length)
+    every_example = [read_columns(inputs.dataset(files, shuffle=False), _SNAPSHOT_COLUMNS)
+                     for files in (fn_args.train_files, fn_args.eval_files)]
+    user_ids, age_groups, histories = user_snapshot(
+        {name: np.concatenate([split[name] for split in every_example]) for name in _SNAPSHOT_COLUMNS},
+        tft_output, history_length)
     module = export.RetrievalServingModule(
         tft_output.transform_features_layer(), model.query_tower, model.candidate_tower,
         read_catalogue(fn_args.custom_config["items_path"]), user_ids, age_groups, histories,

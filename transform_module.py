@@ -84,6 +84,9 @@ def preprocessing_fn(inputs: dict[str, tf.Tensor | tf.SparseTensor],
     if features.PRICE in disabled:
         log_price = tf.zeros_like(log_price)
     outputs[features.PRICE_FEATURE.transformed_name] = tft.scale_to_z_score(log_price)
-    # Passed through for ordering only (the trainer's user snapshot); no tower reads it.
+    # Passed through raw for the trainer's user snapshot only (each user's behaviour sequence as
+    # of the end of the data, shoprec.data.point_in_time); no tower reads them.
     outputs[features.TIMESTAMP] = _dense(inputs[features.TIMESTAMP])
+    outputs[features.EVENT_ID] = _dense(inputs[features.EVENT_ID])
+    outputs[features.ITEM_ID] = item_ids
     return outputs

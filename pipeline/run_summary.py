@@ -7,51 +7,13 @@ import os
 from typing import Any
 
 import tensorflow as tf
-from ml_metadata.metadata_store import metadata_store
 from ml_metadata.proto import metadata_store_pb2
 
 from components.retrieval_evaluator.component import METRICS_FILE
 from pipeline.run_schema import RunSchema
+from shoprec.run_metadata import _custom, node_executions, open_store, output_artifacts
 
 _STATES = {v: k for k, v in metadata_store_pb2.Execution.State.items()}
-
-
-def open_store(metadata_path: str) -> metadata_store.MetadataStore:
-    """A read-write handle on a SQLite ML Metadata store."""
-    config = metadata_store_pb2.ConnectionConfig()
-    config.sqlite.filename_uri = metadata_path
-    config.sqlite.connection_mode = metadata_store_pb2.SqliteMetadataSourceConfig.READWRITE
-    return metadata_store.MetadataStore(config)
-
-
-def _custom(artifact: metadata_store_pb2.Artifact, key: str) -> Any:
-    if key not in artifact.custom_properties:
-        return None
-    value = artifact.custom_properties[key]
-    return getattr(value, value.WhichOneof("value"))
-
-
-def node_executions(store: metadata_store.MetadataStore, pipeline_name: str,
-                    since: float = 0.0) -> dict[str, list[metadata_store_pb2.Execution]]:
-    """Node id -> its executions created at or after ``since`` (Unix seconds), oldest first."""
-    result = {}
-    prefix = f"{pipeline_name}."
-    for context in store.get_contexts_by_type("node"):
-        if not context.name.startswith(prefix):
-            continue
-        executions = [e for e in store.get_executions_by_context(context.id)
-                      if e.create_time_since_epoch >= since * 1000 - 1]
-        result[context.name[len(prefix):]] = sorted(executions,
-                                                    key=lambda e: e.create_time_since_epoch)
-    return result
-
-
-def output_artifacts(store: metadata_store.MetadataStore,
-                     execution: metadata_store_pb2.Execution) -> list[metadata_store_pb2.Artifact]:
-    """The artifacts an execution produced (or reused from the cache)."""
-    events = store.get_events_by_execution_ids([execution.id])
-    ids = [e.artifact_id for e in events if e.type == metadata_store_pb2.Event.OUTPUT]
-    return store.get_artifacts_by_id(ids) if ids else []
 
 
 def collect(metadata_path: str, pipeline_name: str, since: float) -> dict[str, Any]:
@@ -102,6 +64,14 @@ def format_summary(summary: dict[str, Any]) -> str:
     for ranking, slices in metrics.items():
         row = "".join(f"{slices['all'].get(n, float('nan')):>14.4f}" for n in shown_names)
         lines.append(f"    {ranking:<14}{row}")
+    if metrics and all(name in metrics["model"] for name in ("returning_users", "new_users")):
+        counts = {name: int(metrics["model"][name]["users"]) for name in ("returning_users", "new_users")}
+        lines.append(f"  ndcg@10 by user group (returning: {counts['returning_users']}, "
+                     f"new: {counts['new_users']} users):")
+        for ranking, slices in metrics.items():
+            lines.append(f"    {ranking:<14}" + "".join(
+                f"{name.split('_')[0]:>10} {slices.get(name, {}).get('ndcg@10', float('nan')):.4f}"
+                for name in ("returning_users", "new_users")))
     if summary.get("metrics_plot"):
         lines.append(f"  plot: {summary['metrics_plot']}")
     lines.append(f"  blessed: {summary.get('blessed')}"

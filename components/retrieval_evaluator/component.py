@@ -113,7 +113,12 @@ def evaluate(model_dir: str, examples: tfx.types.standard_artifacts.Examples, it
 
 def blessing_verdict(results: dict, metric: str, min_value: float, must_beat_popularity: bool,
                      regression_tolerance: float, already_blessed: bool = False) -> list[str]:
-    """The reasons not to bless (empty: blessed). Compares ``results[...]["all"][metric]``."""
+    """The reasons not to bless (empty: blessed).
+
+    The floor and the regression check read ``results[...]["all"][metric]``. Beating popularity
+    is required on all users *and* on returning users: every ranking gives new users the same
+    popularity list, so a model could lose on returning users and still win the mixed total.
+    """
     if metric not in results["model"]["all"]:
         raise ValueError(f"blessing_metric {metric!r} is not one of "
                          f"{sorted(results['model']['all'])}")
@@ -121,9 +126,12 @@ def blessing_verdict(results: dict, metric: str, min_value: float, must_beat_pop
     reasons = []
     if value < min_value:
         reasons.append(f"{metric}={value:.4f} is below the floor {min_value}")
-    if must_beat_popularity and value <= results["popularity"]["all"][metric]:
-        reasons.append(f"{metric}={value:.4f} does not beat popularity "
-                       f"({results['popularity']['all'][metric]:.4f})")
+    if must_beat_popularity:
+        for slice_name, label in (("all", ""), (protocol.RETURNING_USERS, " on returning users")):
+            model_value = results["model"].get(slice_name, {}).get(metric)
+            popular_value = results["popularity"].get(slice_name, {}).get(metric)
+            if model_value is not None and popular_value is not None and model_value <= popular_value:
+                reasons.append(f"{metric}={model_value:.4f} does not beat popularity{label} ({popular_value:.4f})")
     if already_blessed:
         reasons.append("this model is the last blessed model itself (unchanged inputs): it was "
                        "pushed already, so it is not blessed again")

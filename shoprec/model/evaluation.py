@@ -24,6 +24,8 @@ from shoprec.model import baselines, metrics
 
 HEAD_SHARE = 0.5  # head items make up this share of train interactions
 DIVERSITY_K = 10
+RETURNING_USERS = "returning_users"  # eval users with train events
+NEW_USERS = "new_users"  # eval users without any
 
 
 @dataclasses.dataclass
@@ -114,8 +116,8 @@ def score_all(eval_set: EvalSet, scorers: dict[str, Callable[[slice], np.ndarray
             for s in range(0, len(eval_set.users), batch)])
         slices = {
             "all": (np.ones(len(eval_set.users), bool), eval_set.relevant),
-            "returning_users": (eval_set.returning, eval_set.relevant),
-            "new_users": (~eval_set.returning, eval_set.relevant),
+            RETURNING_USERS: (eval_set.returning, eval_set.relevant),
+            NEW_USERS: (~eval_set.returning, eval_set.relevant),
             "head_items": (np.ones(len(eval_set.users), bool),
                            [r[head[r]] for r in eval_set.relevant]),
             "tail_items": (np.ones(len(eval_set.users), bool),

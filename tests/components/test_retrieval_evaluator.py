@@ -37,6 +37,17 @@ def test_losing_or_tying_with_popularity_is_refused_unless_allowed() -> None:
     assert verdict(results(model=0.02, popularity=0.03), must_beat_popularity=False) == []
 
 
+def test_losing_to_popularity_on_returning_users_is_refused_even_when_the_total_wins() -> None:
+    # New users get the same popularity list from every ranking (a tie), but they weigh in
+    # differently: here the model wins the mixed total while losing on returning users.
+    scores = results(model=0.05, popularity=0.04)
+    scores["model"]["returning_users"] = {"ndcg@10": 0.020}
+    scores["popularity"]["returning_users"] = {"ndcg@10": 0.025}
+    assert verdict(scores) == ["ndcg@10=0.0200 does not beat popularity on returning users (0.0250)"]
+    scores["model"]["returning_users"] = {"ndcg@10": 0.030}
+    assert verdict(scores) == []
+
+
 def test_a_regression_against_the_last_blessed_model_is_refused_beyond_the_tolerance() -> None:
     assert verdict(results(model=0.05, popularity=0.03, last_blessed=0.06)) == [
         "ndcg@10=0.0500 regresses against the last blessed model (0.0600, tolerance 0.0)"]

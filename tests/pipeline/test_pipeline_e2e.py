@@ -20,9 +20,10 @@ from components.anomalies_gate import DataAnomaliesError
 from pipeline import local_runner, run_summary
 from serving import servable
 from shoprec import features as F
-from shoprec.config import MODEL_NAME, PIPELINE_NAME
-from shoprec.data import canonical
+from shoprec.config import MODEL_NAME, PIPELINE_NAME, SplitConfig
+from shoprec.data import canonical, point_in_time
 from shoprec.model import export
+from tests.conftest import requirement_mark
 
 pytestmark = pytest.mark.e2e
 SMALL_SHOP = ["--events", "3000", "--users", "300", "--items", "200", "--epochs", "2"]
@@ -96,6 +97,36 @@ def test_pushed_model_answers_known_and_unknown_users(first_run, output_dir):
            F.HISTORY: tf.constant([[ids[0][0].decode(), "not-an-item", ""]])})
     assert set(with_history[F.OUTPUT_ITEM_IDS].numpy()[0]) <= catalogue
     assert not np.allclose(with_history[F.OUTPUT_SCORES].numpy()[0], scores[1])
+
+
+def test_users_of_the_eval_period_are_served_as_of_the_end_of_the_data(first_run, output_dir):
+    # Users whose events all lie in the eval period (after the time split's cutoff) have no
+    # trained id embedding; the pushed model still knows their behaviour sequence, so
+    # serving_default personalises instead of giving them the unknown-user list.
+    data_dir = os.path.join(output_dir, "data")
+    events = canonical.read_table(os.path.join(data_dir, F.EVENTS_FILE))
+    categories = canonical.read_table(os.path.join(data_dir, F.ITEMS_FILE)).set_index(F.ITEM_ID)[F.CATEGORY]
+    cutoff = point_in_time.time_cutoff(events[F.TIMESTAMP].to_numpy(), SplitConfig.eval_fraction)
+    first_seen = events.groupby(F.USER_ID)[F.TIMESTAMP].min()
+    late_users = sorted(first_seen[first_seen >= cutoff].index)
+    assert len(late_users) >= 5
+    model = export.load_exported(first_run["pushed_model"])
+    served = model.signatures[F.SIGNATURE_TOP_K](user_id=tf.constant([*late_users, "nobody-ever"]))
+    top10 = np.char.decode(served[F.OUTPUT_ITEM_IDS].numpy()[:, :10].astype(bytes), "utf-8")
+    fallback = top10[-1]
+    assert all(not np.array_equal(row, fallback) for row in top10[:-1])
+    # Their lists come from their whole sequence, exactly as the history signature computes it.
+    ordered = events.sort_values([F.TIMESTAMP, F.EVENT_ID])
+    histories = [list(point_in_time.latest_history(ordered[ordered[F.USER_ID] == user][F.ITEM_ID],
+                                                   SplitConfig.history_length)) for user in late_users]
+    width = max(map(len, histories))
+    with_history = model.signatures[F.SIGNATURE_TOP_K_WITH_HISTORY](
+        user_id=tf.constant(late_users),
+        history=tf.constant([h + [""] * (width - len(h)) for h in histories]))
+    np.testing.assert_array_equal(served[F.OUTPUT_ITEM_IDS].numpy()[:-1], with_history[F.OUTPUT_ITEM_IDS].numpy())
+    # And most of them see items of categories they acted on.
+    own = [set(categories[events[events[F.USER_ID] == user][F.ITEM_ID]]) for user in late_users]
+    assert np.mean([any(categories[item] in own[i] for item in row) for i, row in enumerate(top10[:-1])]) >= 0.5
 
 
 def test_rerun_with_unchanged_inputs_uses_the_cache(first_run, output_dir):
@@ -184,7 +215,7 @@ REES46 = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.ab
                       "datasets", "rees46-sample", "events.csv")
 
 
-@pytest.mark.skipif(not os.path.exists(REES46), reason=f"REES46 sample not found at {REES46}")
+@requirement_mark(os.path.exists(REES46), f"the REES46 sample dataset at {REES46}", "put ../shared/datasets in place")
 def test_real_rees46_logs_run_through_the_pipeline(tmp_path):
     from shoprec.data import importer
 
