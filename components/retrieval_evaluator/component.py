@@ -24,13 +24,13 @@ import tensorflow as tf
 from tfx import v1 as tfx
 from tfx.types import artifact_utils
 
-from shoprec import features
+from shoprec import features, run_metadata
 from shoprec.config import EvalConfig
 from shoprec.data import canonical
 from shoprec.model import evaluation as protocol
 from shoprec.model import export
 
-METRICS_FILE = "metrics.json"
+METRICS_FILE = run_metadata.EVALUATION_METRICS_FILE  # what readers of the evaluation open
 _QUERY_BATCH = 2048
 
 
