@@ -22,7 +22,7 @@ from serving import servable
 from shoprec import features as F
 from shoprec.config import MODEL_NAME, PIPELINE_NAME, SplitConfig
 from shoprec.data import canonical, point_in_time
-from shoprec.model import export
+from shoprec.model import export, score_test_file
 from tests.conftest import requirement_mark
 
 pytestmark = pytest.mark.e2e
@@ -127,6 +127,26 @@ def test_users_of_the_eval_period_are_served_as_of_the_end_of_the_data(first_run
     # And most of them see items of categories they acted on.
     own = [set(categories[events[events[F.USER_ID] == user][F.ITEM_ID]]) for user in late_users]
     assert np.mean([any(categories[item] in own[i] for item in row) for i, row in enumerate(top10[:-1])]) >= 0.5
+
+
+def test_a_test_file_scores_like_the_evaluator(first_run, output_dir, tmp_path):
+    # The eval split written as a user's own test file, the train period as the training data:
+    # the outside-split command reproduces the Evaluator's figures (one protocol, one code path).
+    data_dir = os.path.join(output_dir, "data")
+    events = canonical.read_table(os.path.join(data_dir, F.EVENTS_FILE))
+    cutoff = point_in_time.time_cutoff(events[F.TIMESTAMP].to_numpy(), SplitConfig.eval_fraction)
+    train_dir = tmp_path / "train"
+    train_dir.mkdir()
+    events[events[F.TIMESTAMP] < cutoff].to_csv(train_dir / F.EVENTS_FILE, index=False)
+    for name in (F.ITEMS_FILE, F.USERS_FILE):
+        shutil.copy(os.path.join(data_dir, name), train_dir / name)
+    test_file = tmp_path / "test.csv"
+    events[events[F.TIMESTAMP] >= cutoff][[F.USER_ID, F.ITEM_ID, F.TIMESTAMP]].to_csv(test_file, index=False)
+    results = score_test_file.score(first_run["pushed_model"], str(train_dir),
+                                    score_test_file.read_test_file(str(test_file)), ks=[10, 100])
+    for ranking in ("model", "popularity", "item_knn", "als"):
+        for name in ("ndcg@10", "recall@100", "users"):
+            assert results[ranking]["all"][name] == pytest.approx(first_run["metrics"][ranking]["all"][name])
 
 
 def test_rerun_with_unchanged_inputs_uses_the_cache(first_run, output_dir):
