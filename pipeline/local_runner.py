@@ -48,7 +48,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         split, train, evaluation = flags.configs_from_flags(args)
-        beam_args = beam.beam_args_from_flags(args)  # BeamConfigError is a ValueError
+        # Beam's own option parsing imports Beam (and its noise): it runs below, inside the console.
+        beam_args = beam.beam_pipeline_args(args.beam_runner, args.beam_workers, args.beam_arg, check=False)
         shop = ShopConfig(users=args.users, items=args.items, events=args.events, seed=args.seed)
     except ValueError as error:
         raise SystemExit(f"bad flag: {error}") from None
@@ -65,6 +66,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         from shoprec.data import canonical, generate
 
         logging.set_verbosity(logging.INFO)
+        beam.validate(args.beam_runner, beam_args)
         if args.data_dir:
             data_dir = os.path.abspath(args.data_dir)
             canonical.check_data_dir(data_dir)
