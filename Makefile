@@ -1,7 +1,7 @@
 # Common entry points. Each target installs the venv first (reused while the lock is unchanged).
 PY := .venv/bin/python
 
-.PHONY: install services run test test-fast bench generate
+.PHONY: install services run test test-fast bench generate demo
 install:
 	bash scripts/bootstrap.sh
 
@@ -22,3 +22,6 @@ generate: install
 
 bench: install
 	$(PY) -m bench.pipeline $(ARGS)
+
+demo: install  ## the whole stack: pipeline if no model is pushed, model server, service, Streamlit app; Ctrl-C stops all
+	$(PY) -m ui.demo $(ARGS)
