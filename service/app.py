@@ -16,8 +16,10 @@ Run::
         [--redis_url redis://localhost:6379/0] [--event_log runs/service/events.sqlite] \\
         [--routing routing.json] [--denylist out_of_stock.txt] --port 8080
 
-Errors are JSON ``{"error": "..."}``: 400 malformed JSON or unknown scene (with the valid scenes),
-413 body or batch too large, 422 invalid fields, 503 event log unwritable. See ``docs/service.md``.
+Errors are JSON ``{"error": "..."}``: 400 malformed JSON (not UTF-8, nested too deeply) or unknown
+scene (with the valid scenes), 401 missing or wrong API key, 404 unknown path, 405 wrong method,
+413 body or batch too large, 422 invalid fields, 429 rate limit (with ``Retry-After``), 503 event
+log unwritable. See ``docs/service.md`` and ``docs/security.md``.
 """
 
 from __future__ import annotations
@@ -28,29 +30,45 @@ import logging
 import sys
 import time
 from collections.abc import AsyncIterator, Sequence
+from typing import TYPE_CHECKING
 
-import fastapi
-import uvicorn
-from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
-
-from service.components import Components, build_components, replay_recent_events
-from service.errors import (
-    ApiError,
-    BodyLimitAndMetrics,
-    ErrorResponse,
-    error_response,
-    validation_message,
+from service.settings import (
+    ENDPOINTS,
+    LOOPBACK_HOSTS,
+    ServiceSettings,
+    build_parser,
+    settings_from_args,
 )
-from service.routes import build_router
-from service.settings import build_parser, settings_from_args
-from service.strategy.routing import UnknownSceneError
+
+if TYPE_CHECKING:
+    import fastapi
+
+    from service.components import Components
+
+# The web framework, the strategy layer and the model client are imported inside create_app and
+# main, so that `python -m service.app --help` answers at once.
 
 _log = logging.getLogger("service.app")
 
 
 def create_app(components: Components) -> fastapi.FastAPI:
-    """The FastAPI application over built components (see :func:`build_components`)."""
+    """The FastAPI application over built components (see :func:`service.components.build_components`)."""
+    import fastapi
+    from fastapi.exceptions import RequestValidationError
+    from fastapi.responses import JSONResponse
+    from starlette.exceptions import HTTPException as StarletteHTTPException
+
+    from service.components import replay_recent_events
+    from service.errors import (
+        ApiError,
+        BodyLimitAndMetrics,
+        ErrorResponse,
+        error_response,
+        validation_message,
+    )
+    from service.routes import build_router
+    from service.strategy.routing import UnknownSceneError
+
     settings = components.settings
     metrics = components.metrics
 
@@ -84,11 +102,45 @@ def create_app(components: Components) -> fastapi.FastAPI:
 
     @app.exception_handler(ApiError)
     async def on_api_error(request: fastapi.Request, error: ApiError) -> JSONResponse:
-        return error_response(error.status_code, error.message)
+        return error_response(error.status_code, error.message, headers=error.headers)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def on_http_error(request: fastapi.Request, error: StarletteHTTPException) -> fastapi.Response:
+        # Starlette's own answers: 404 unknown path, 405 wrong method (with Allow), body parse errors.
+        if error.status_code == 404:
+            message = f"no such endpoint: {request.method} {request.url.path}; endpoints: {', '.join(ENDPOINTS)}"
+        elif error.status_code == 405:
+            allowed = (error.headers or {}).get("Allow", "")
+            message = f"method {request.method} not allowed on {request.url.path}" + (
+                f"; allowed: {allowed}" if allowed else "")
+        else:
+            message = f"{request.method} {request.url.path}: {error.detail}"
+        return error_response(error.status_code, message, headers=error.headers)
 
     app.include_router(build_router(components))
     app.add_middleware(BodyLimitAndMetrics, max_body_bytes=settings.max_body_bytes, metrics=metrics)
     return app
+
+
+def check_exposure(settings: ServiceSettings) -> str:
+    """The start-up line about who may write, or an error when the service would be exposed.
+
+    Raises:
+      SystemExit: keyless on a non-loopback address without ``--allow_unauthenticated``.
+    """
+    loopback = settings.host in LOOPBACK_HOSTS
+    if settings.auth_required:
+        return (f"POST /events requires an API key ({len(settings.api_keys)} configured); "
+                f"{settings.rate_limit_per_second:g} writes/s per key, burst {settings.rate_limit_burst}")
+    if loopback:
+        return (f"no API key configured: POST /events accepts any local client; listening on loopback "
+                f"{settings.host} only (configure --api_key_file or $SHOPREC_API_KEYS before exposing it)")
+    if not settings.allow_unauthenticated:
+        raise SystemExit(f"refusing to listen on {settings.host} without an API key: anyone who reaches the "
+                         f"port could write training data. Configure --api_key_file or $SHOPREC_API_KEYS, "
+                         f"listen on 127.0.0.1, or pass --allow_unauthenticated (see docs/security.md)")
+    return (f"WARNING: no API key configured and listening on {settings.host}: ANY client that reaches "
+            f"this port can post events (training data); --allow_unauthenticated was given")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -97,10 +149,24 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(stream=sys.stderr, level=args.log_level,
                         format="%(asctime)s.%(msecs)03d %(levelname).1s %(name)s] %(message)s",
                         datefmt="%Y-%m-%d %H:%M:%S")
-    components = build_components(settings_from_args(args))
-    _log.info("catalogue: %d items; routing: %s; feature store: %s; event log: %s",
+    try:
+        settings = settings_from_args(args)
+    except (OSError, ValueError) as err:
+        raise SystemExit(f"error: {err}") from err
+    import uvicorn
+
+    from service.components import build_components
+
+    exposure = check_exposure(settings)
+    if exposure.startswith("WARNING"):
+        _log.warning(exposure)
+    else:
+        _log.info(exposure)
+    components = build_components(settings)
+    _log.info("catalogue: %d items; routing: %s; feature store: %s; event log: %s %s (%s)",
               len(components.service.catalogue), json.dumps(sorted(components.service.routing.scenes)),
-              components.feature_store.kind, args.event_log)
+              components.feature_store.kind, components.event_log.kind, components.event_log.location,
+              components.event_log.durability())
     server = uvicorn.Server(uvicorn.Config(
         create_app(components), host=args.host, port=args.port, log_config=None, log_level="warning",
         access_log=False, http="httptools", loop="uvloop"))

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import dataclasses
 
-from service.event_log import EventLog
+from service.auth import Guard, RateLimiter
+from service.event_log import EventLog, open_event_log
 from service.feature_store import FeatureStore, UserEvent, open_feature_store
 from service.settings import ServiceSettings
 from service.strategy import retrievers
@@ -36,6 +37,7 @@ class Components:
     feature_store: FeatureStore
     event_log: EventLog
     metrics: ServiceMetrics
+    guard: Guard
 
 
 def build_components(settings: ServiceSettings) -> Components:
@@ -47,10 +49,10 @@ def build_components(settings: ServiceSettings) -> Components:
     Raises:
       OSError: a data, routing or denylist file cannot be read.
       RoutingError: the routing table is invalid.
-      sqlite3.Error: the event log cannot be opened.
+      EventLogError: the event log cannot be opened, or is not configured durably.
     """
     catalogue = Catalogue.load(settings.data_dir)
-    event_log = EventLog(settings.event_log)
+    event_log = open_event_log(settings.event_log)
     interactions = build_interactions(read_events(settings.data_dir), catalogue, settings.history_length)
     interactions = with_purchases(interactions, catalogue, (
         (event.user_id, event.item_id) for event in event_log.events(event_type=features.PURCHASE)))
@@ -67,7 +69,8 @@ def build_components(settings: ServiceSettings) -> Components:
         catalogue, interactions, routing, routes, feature_store, gateway,
         BusinessFilters(catalogue, Denylist(catalogue, settings.denylist_file)), RetrievalScoreRanker(),
         settings.history_length, metrics, RecentResponses())
-    return Components(settings, service, gateway, feature_store, event_log, metrics)
+    guard = Guard(settings.api_keys, RateLimiter(settings.rate_limit_per_second, settings.rate_limit_burst))
+    return Components(settings, service, gateway, feature_store, event_log, metrics, guard)
 
 
 def replay_recent_events(event_log: EventLog, feature_store: FeatureStore, now: float) -> int:

@@ -20,8 +20,10 @@ added) and ``impressions.csv`` (impressions with their request ids, for attribut
 
 from __future__ import annotations
 
+import abc
 import argparse
 import dataclasses
+import logging
 import os
 import shutil
 import sqlite3
@@ -34,6 +36,8 @@ import pandas as pd
 
 from shoprec import features
 from shoprec.data import canonical
+
+_log = logging.getLogger("service.event_log")
 
 IMPRESSIONS_FILE = "impressions.csv"
 REQUEST_ID = "request_id"
@@ -82,6 +86,86 @@ class LoggedEvent:
     request_id: str | None = None
 
 
+class EventLogError(RuntimeError):
+    """A write to the event log failed; nothing of the request's events was logged.
+
+    Attributes:
+      rejected: True when the request's own events were refused (a value the store cannot hold),
+        False when the log itself failed (disk full, I/O error, backend down).
+    """
+
+    def __init__(self, message: str, rejected: bool = False) -> None:
+        super().__init__(message)
+        self.rejected = rejected
+
+
+@dataclasses.dataclass
+class CommitStats:
+    """Counters of the group commit (for /healthz, /metrics and ``bench.event_log``).
+
+    Attributes:
+      commits: transactions committed.
+      requests: requests acknowledged (committed).
+      failed_requests: requests answered with an error.
+      failed_commits: transactions rolled back as a whole.
+      max_group: the most requests one transaction held.
+    """
+
+    commits: int = 0
+    requests: int = 0
+    failed_requests: int = 0
+    failed_commits: int = 0
+    max_group: int = 0
+
+
+class EventLog(abc.ABC):
+    """The interface of a durable event log.
+
+    ``append`` returns only once the events are durable (fsynced), and raises otherwise: an
+    event is acknowledged if and only if it will survive a crash of the service.
+    """
+
+    kind: str  # "sqlite" or "redis"
+    location: str  # the file or the URL (without a password)
+
+    @abc.abstractmethod
+    def append(self, events: Sequence[LoggedEvent], received_at: float) -> list[bool]:
+        """Logs one request's events durably, all or none.
+
+        Args:
+          events: the request's events.
+          received_at: when the service received them, Unix seconds.
+
+        Returns:
+          Per event, whether it was new (False: an event with its id was already logged).
+
+        Raises:
+          EventLogError: nothing of these events was logged.
+        """
+
+    @abc.abstractmethod
+    def counts(self) -> dict[str, int]:
+        """Number of logged events per event type."""
+
+    @abc.abstractmethod
+    def events(self, received_since: float | None = None, event_type: str | None = None) -> Iterator[LoggedEvent]:
+        """Logged events in the order they were accepted.
+
+        Args:
+          received_since: only events accepted at or after this Unix time (seconds).
+          event_type: only events of this type.
+        """
+
+    @abc.abstractmethod
+    def durability(self) -> str:
+        """What makes an acknowledged write durable, as read back from the store (e.g.
+        ``synchronous=FULL journal_mode=wal``); shown by ``/healthz``."""
+
+    @abc.abstractmethod
+    def close(self) -> None:
+        """Releases the store."""
+
+
 @dataclasses.dataclass
 class _Pending:
     """One request's events waiting for a group commit, and then its outcome."""
@@ -89,44 +173,90 @@ class _Pending:
     events: Sequence[LoggedEvent]
     received_at: float
     inserted: list[bool] | None = None
-    error: sqlite3.Error | None = None
+    error: EventLogError | None = None
     done: bool = False
 
 
-class EventLog:
+_SYNCHRONOUS_NAMES = {0: "OFF", 1: "NORMAL", 2: "FULL", 3: "EXTRA"}
+# What may go wrong while binding and inserting one request's rows: SQLite's own errors, and the
+# conversions of Python values (an int over 2**63-1, a str with a lone surrogate ...).
+_ROW_ERRORS = (sqlite3.Error, OverflowError, UnicodeEncodeError, ValueError, TypeError)
+
+
+class SqliteEventLog(EventLog):
     """An append-only, crash-safe log of accepted events in one SQLite file.
+
+    WAL mode with ``synchronous=FULL`` (read back after it is set): a commit returns only once
+    the write-ahead log is fsynced. Concurrent ``append`` calls share one transaction and one
+    fsync (group commit). Each request has its own savepoint, so a request whose own rows cannot
+    be written fails alone; any other failure (``BEGIN``, ``RELEASE``, ``COMMIT``, disk full, an
+    unexpected exception) rolls the whole group back and fails every request in it. A request is
+    acknowledged only after ``COMMIT`` returned.
 
     Args:
       path: the database file (created with its table if missing).
+      synchronous: the ``PRAGMA synchronous`` level. Only ``FULL`` is durable across a power
+        loss; ``OFF`` exists for ``bench.event_log`` to measure what the fsync costs.
 
     Raises:
-      sqlite3.Error: the file cannot be opened or is not this log.
+      EventLogError: the file cannot be opened, is not this log, or refuses WAL mode or the
+        synchronous level.
     """
 
-    def __init__(self, path: str) -> None:
-        self.path = path
+    kind = "sqlite"
+
+    def __init__(self, path: str, synchronous: str = "FULL") -> None:
+        self.path = self.location = path
+        self.synchronous = synchronous.upper()
         os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-        self._connection = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
-        mode = self._connection.execute("PRAGMA journal_mode=WAL").fetchone()[0]
-        if mode.lower() != "wal":
-            raise sqlite3.OperationalError(f"{path}: cannot switch to WAL mode (got {mode})")
-        self._connection.execute("PRAGMA synchronous=FULL")
-        self._connection.execute(_SCHEMA)
+        try:
+            self._connection = self._connect()
+        except sqlite3.Error as err:
+            raise EventLogError(f"event log {path}: cannot open it: {err}") from err
         self._lock = threading.Lock()  # the connection
         self._queue_changed = threading.Condition()
         self._queue: list[_Pending] = []
         self._committing = False
-        self.commits = 0  # transactions so far (fewer than appends when requests share a commit)
+        self.stats = CommitStats()
+
+    def _connect(self) -> sqlite3.Connection:
+        connection = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        try:
+            mode = connection.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+            if mode.lower() != "wal":
+                raise EventLogError(f"event log {self.path}: cannot switch to WAL mode (got {mode})")
+            connection.execute(f"PRAGMA synchronous={self.synchronous}")
+            level = _SYNCHRONOUS_NAMES.get(connection.execute("PRAGMA synchronous").fetchone()[0], "?")
+            if level != self.synchronous:
+                raise EventLogError(f"event log {self.path}: PRAGMA synchronous={self.synchronous} "
+                                    f"did not take (it reads {level})")
+            connection.execute(_SCHEMA)
+        except BaseException:
+            connection.close()
+            raise
+        return connection
+
+    @property
+    def commits(self) -> int:
+        """Transactions committed so far (fewer than appends when requests share a commit)."""
+        return self.stats.commits
+
+    def durability(self) -> str:
+        with self._lock:
+            level = self._connection.execute("PRAGMA synchronous").fetchone()[0]
+            mode = self._connection.execute("PRAGMA journal_mode").fetchone()[0]
+        return f"synchronous={_SYNCHRONOUS_NAMES.get(level, level)} journal_mode={mode}"
 
     def append(self, events: Sequence[LoggedEvent], received_at: float) -> list[bool]:
         """Commits events durably (group commit: concurrent requests share one transaction and
-        one fsync, each in its own savepoint, so one request's failure is its own).
+        one fsync, each in its own savepoint).
 
         Returns:
           Per event, whether it was new (False: an event with its id was already logged).
 
         Raises:
-          sqlite3.Error: the write failed; nothing of this request's events was logged.
+          EventLogError: the write failed; nothing of this request's events was logged.
+            ``rejected`` says whether this request's own rows were the cause.
         """
         pending = _Pending(events, received_at)
         with self._queue_changed:
@@ -146,42 +276,80 @@ class EventLog:
                     self._queue_changed.notify_all()
         if pending.error is not None:
             raise pending.error
-        assert pending.inserted is not None
+        if pending.inserted is None:  # cannot happen: _commit settles every request
+            raise EventLogError("event log: the commit settled neither a result nor an error")
         return pending.inserted
 
     def _commit(self, group: list[_Pending]) -> None:
-        """Writes a group of requests in one transaction; sets each one's result or error."""
+        """Writes a group of requests in one transaction; settles each one's result or error.
+
+        Never raises: every outcome, an unexpected exception included, becomes the requests'
+        errors, and the transaction is closed (rolled back, or the connection reopened) before
+        this returns, so that later writes start clean.
+        """
         placeholders = ", ".join("?" * (len(_COLUMNS) + 1))
         statement = (f"INSERT INTO events ({', '.join(_COLUMNS)}, received_at) VALUES ({placeholders}) "
                      f"ON CONFLICT({features.EVENT_ID}) DO NOTHING")  # only a repeated id is skipped
+        results: dict[int, list[bool]] = {}
+        errors: dict[int, EventLogError] = {}
         with self._lock:
-            cursor = self._connection.cursor()
             try:
-                cursor.execute("BEGIN IMMEDIATE")
-                for pending in group:
-                    cursor.execute("SAVEPOINT request")
+                self._connection.execute("BEGIN IMMEDIATE")
+                for index, pending in enumerate(group):
+                    self._connection.execute("SAVEPOINT request")
                     try:
                         inserted = []
-                        for event in pending.events:
-                            cursor.execute(statement, (*dataclasses.astuple(event), pending.received_at))
+                        for number, event in enumerate(pending.events):
+                            try:
+                                cursor = self._connection.execute(
+                                    statement, (*dataclasses.astuple(event), pending.received_at))
+                            except _ROW_ERRORS as err:
+                                raise _RowError(number, event, err) from err
                             inserted.append(cursor.rowcount == 1)
-                        pending.inserted = inserted
-                    except sqlite3.Error as err:
-                        cursor.execute("ROLLBACK TO request")
-                        pending.error = err
-                    cursor.execute("RELEASE request")
-                cursor.execute("COMMIT")
-                self.commits += 1
-            except sqlite3.Error as err:
-                if self._connection.in_transaction:
-                    cursor.execute("ROLLBACK")
-                for pending in group:
-                    pending.inserted, pending.error = None, pending.error or err
-            finally:
-                for pending in group:
-                    if pending.inserted is None and pending.error is None:
-                        pending.error = sqlite3.OperationalError("the commit was interrupted")
-                    pending.done = True
+                        results[index] = inserted
+                    except _RowError as err:
+                        if not self._connection.in_transaction:  # SQLite rolled the whole group back
+                            raise err.cause from err
+                        self._connection.execute("ROLLBACK TO request")
+                        errors[index] = EventLogError(str(err), rejected=not _is_storage_error(err.cause))
+                    self._connection.execute("RELEASE request")
+                self._connection.execute("COMMIT")
+            except BaseException as err:  # noqa: BLE001 - settled below, and re-raised if not an Exception
+                self._abort_group(group, err)
+                if not isinstance(err, Exception):
+                    raise
+                return
+        self.stats.commits += 1
+        self.stats.max_group = max(self.stats.max_group, len(group))
+        for index, pending in enumerate(group):
+            if index in errors:
+                pending.error = errors[index]
+                self.stats.failed_requests += 1
+            else:
+                pending.inserted = results[index]
+                self.stats.requests += 1
+            pending.done = True
+
+    def _abort_group(self, group: list[_Pending], cause: BaseException) -> None:
+        """Rolls the open transaction back (reopening the connection if that fails too) and
+        fails every request of the group with ``cause``. Called with ``self._lock`` held."""
+        problem = f"{type(cause).__name__}: {cause}"
+        try:
+            if self._connection.in_transaction:
+                self._connection.execute("ROLLBACK")
+        except sqlite3.Error as rollback_error:
+            _log.error("event log %s: ROLLBACK failed (%s); reopening the connection", self.path, rollback_error)
+            self._connection.close()  # a closed connection's open transaction is rolled back
+            self._connection = self._connect()
+        _log.error("event log %s: a commit of %d request(s) failed and was rolled back: %s",
+                   self.path, len(group), problem)
+        self.stats.failed_commits += 1
+        for pending in group:
+            pending.inserted = None
+            pending.error = EventLogError(f"event log {self.path}: the commit failed, nothing of this "
+                                          f"request was logged: {problem}")
+            self.stats.failed_requests += 1
+            pending.done = True
 
     def counts(self) -> dict[str, int]:
         """Number of logged events per event type."""
@@ -216,6 +384,40 @@ class EventLog:
             self._connection.close()
 
 
+class _RowError(Exception):
+    """One event of a request could not be written (internal to the group commit)."""
+
+    def __init__(self, number: int, event: LoggedEvent, cause: BaseException) -> None:
+        super().__init__(f"event {number} (event_id {event.event_id!r}) cannot be logged: "
+                         f"{type(cause).__name__}: {cause}")
+        self.cause = cause
+
+
+def _is_storage_error(error: BaseException) -> bool:
+    """Whether an error is the store's (disk full, I/O, locked) rather than the row's."""
+    return isinstance(error, sqlite3.OperationalError) or (
+        isinstance(error, sqlite3.DatabaseError) and not isinstance(error, (sqlite3.IntegrityError,
+                                                                            sqlite3.DataError,
+                                                                            sqlite3.InterfaceError)))
+
+
+REDIS_SCHEMES = ("redis://", "rediss://", "unix://")
+
+
+def open_event_log(location: str) -> EventLog:
+    """The event log at ``location``: a ``redis://`` URL (Redis Streams, see
+    :mod:`service.event_log_redis`), else a SQLite file path.
+
+    Raises:
+      EventLogError: the log cannot be opened, or the store is not configured durably.
+    """
+    if location.startswith(REDIS_SCHEMES):
+        from service.event_log_redis import RedisStreamEventLog  # redis-py only where it is used
+
+        return RedisStreamEventLog(location)
+    return SqliteEventLog(location)
+
+
 def _most_common(values: pd.Series, default: str) -> str:
     counts = values.value_counts()
     return str(counts.index[0]) if len(counts) else default
@@ -231,9 +433,9 @@ def export(log_path: str, out_dir: str, base_data_dir: str | None = None) -> dic
     Raises:
       ExportError: the log is missing, or it refers to items the base shop lacks.
     """
-    if not os.path.exists(log_path):
+    if not log_path.startswith(REDIS_SCHEMES) and not os.path.exists(log_path):
         raise ExportError(f"{log_path}: no event log there")
-    log = EventLog(log_path)
+    log = open_event_log(log_path)
     try:
         logged = pd.DataFrame([dataclasses.asdict(event) for event in log.events()], columns=list(_COLUMNS))
     finally:
@@ -285,17 +487,17 @@ def main(argv: Sequence[str] | None = None) -> int:
                                      description="Inspect or export the service's durable event log.")
     commands = parser.add_subparsers(dest="command", required=True)
     count = commands.add_parser("count", help="print the number of logged events per type")
-    count.add_argument("--log", required=True, help="the event log (SQLite file)")
+    count.add_argument("--log", required=True, help="the event log: a SQLite file or a redis:// URL (Redis Streams)")
     export_parser = commands.add_parser("export", help="write the log as canonical shop files")
-    export_parser.add_argument("--log", required=True, help="the event log (SQLite file)")
+    export_parser.add_argument("--log", required=True, help="the event log: a SQLite file or a redis:// URL (Redis Streams)")
     export_parser.add_argument("--out", required=True, help="output folder")
     export_parser.add_argument("--base_data_dir", default=None,
                                help="a shop folder to merge into (its events, items and users)")
     args = parser.parse_args(argv)
     if args.command == "count":
-        if not os.path.exists(args.log):
+        if not args.log.startswith(REDIS_SCHEMES) and not os.path.exists(args.log):
             parser.error(f"{args.log}: no event log there")
-        log = EventLog(args.log)
+        log = open_event_log(args.log)
         counts = log.counts()
         log.close()
         for event_type in features.LOGGED_EVENT_TYPES:

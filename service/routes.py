@@ -3,19 +3,18 @@
 from __future__ import annotations
 
 import logging
-import sqlite3
 import time
 import uuid
 from typing import Annotated
 
 import fastapi
 import orjson
-from fastapi import Body
+from fastapi import Body, Header
 from fastapi.responses import PlainTextResponse
 
 from service.components import Components
 from service.errors import ApiError, ErrorResponse
-from service.event_log import LoggedEvent
+from service.event_log import EventLogError, LoggedEvent
 from service.feature_store import FeatureStoreError, UserEvent
 from service.schemas import (
     EventBatch,
@@ -40,6 +39,8 @@ def build_router(components: Components) -> fastapi.APIRouter:
     metrics = components.metrics
     router = fastapi.APIRouter()
     errors = {400: {"model": ErrorResponse}, 413: {"model": ErrorResponse}, 503: {"model": ErrorResponse}}
+    write_errors = {**errors, 401: {"model": ErrorResponse, "description": "missing or invalid API key"},
+                    429: {"model": ErrorResponse, "description": "rate limit exceeded; see Retry-After"}}
 
     @router.post("/recommend", response_model=RecommendResponse, responses=errors)
     async def recommend(body: RecommendBody) -> fastapi.Response:
@@ -61,8 +62,15 @@ def build_router(components: Components) -> fastapi.APIRouter:
         metrics.recommend_latency.observe(time.perf_counter() - began, result.scene)
         return fastapi.Response(content, media_type="application/json")
 
-    @router.post("/events", response_model=EventsResponse, responses=errors)
-    def post_events(body: Annotated[EventsBody, Body()]) -> EventsResponse:
+    def authorize(request: fastapi.Request,
+                  authorization: Annotated[str | None, Header(description="Bearer <API key>, when keys are "
+                                                                          "configured")] = None) -> str:
+        """The write's caller, once its key and rate limit pass (401 / 429 otherwise)."""
+        return components.guard.check(authorization, request.client.host if request.client else "unknown")
+
+    @router.post("/events", response_model=EventsResponse, responses=write_errors)
+    def post_events(body: Annotated[EventsBody, Body()],
+                    caller: str = fastapi.Depends(authorize)) -> EventsResponse:  # noqa: B008 - a local dependency
         """Logs one event or a batch durably, then feeds the online feature store."""
         posted = body.events if isinstance(body, EventBatch) else [body]
         if len(posted) > settings.max_batch_events:
@@ -72,6 +80,14 @@ def build_router(components: Components) -> fastapi.APIRouter:
         if unknown:
             raise ApiError(422, f"invalid request: unknown item_id(s) {', '.join(unknown[:20])}")
         now = time.time()
+        latest = int(now) + settings.max_future_skew_seconds
+        late = [(index, event.timestamp) for index, event in enumerate(posted)
+                if event.timestamp is not None and event.timestamp > latest]
+        if late:
+            where = "; ".join(f"{'events.' + str(index) + '.' if isinstance(body, EventBatch) else ''}timestamp: "
+                              f"{timestamp} is more than {settings.max_future_skew_seconds} s in the future "
+                              f"(latest accepted now: {latest})" for index, timestamp in late[:10])
+            raise ApiError(422, f"invalid request: {where}")
         logged = [
             LoggedEvent(
                 event_id=event.event_id or f"live-{uuid.uuid4().hex}",
@@ -82,8 +98,11 @@ def build_router(components: Components) -> fastapi.APIRouter:
             for event in posted]
         try:
             inserted = components.event_log.append(logged, received_at=now)
-        except sqlite3.Error as err:
-            _log.error("event log write failed: %s", err)
+        except EventLogError as err:
+            if err.rejected:
+                raise ApiError(422, f"invalid request: the event log refused the events, nothing was "
+                                    f"logged: {err}") from err
+            _log.error("event log write failed (%s): %s", caller, err)
             raise ApiError(503, f"event log unavailable, nothing was logged: {err}") from err
         fresh = [event for event, new in zip(logged, inserted) if new]
         warnings = []
@@ -117,6 +136,7 @@ def build_router(components: Components) -> fastapi.APIRouter:
         return HealthResponse(status="degraded" if problems else "ok",
                               model_version=served.version if served else None,
                               feature_store=components.feature_store.kind,
+                              event_log=f"{components.event_log.kind} {components.event_log.durability()}",
                               catalogue_items=len(service.catalogue), problems=problems)
 
     @router.get("/metrics", response_class=PlainTextResponse)

@@ -5,10 +5,14 @@ from __future__ import annotations
 from typing import Annotated, Any, Literal
 
 from pydantic import (
+    AfterValidator,
     BaseModel,
     ConfigDict,
     Discriminator,
     Field,
+    StrictBool,
+    StrictFloat,
+    StrictInt,
     StringConstraints,
     Tag,
     model_validator,
@@ -18,13 +22,33 @@ from service.settings import (
     DEFAULT_MAX_BATCH_EVENTS,
     MAX_CART_ITEMS,
     MAX_EXCLUDE_IDS,
+    MAX_ID_CHARS,
     MAX_K,
+    MAX_TIMESTAMP,
 )
 from shoprec import features
 
-# Ids written to the canonical CSV files: no comma, quote or line break (docs/data_schema.md).
-CsvId = Annotated[str, StringConstraints(min_length=1, max_length=128, pattern=r'^[^,"\r\n]+$')]
-ContextId = Annotated[str, StringConstraints(min_length=1, max_length=256)]
+# Control characters (C0, DEL, C1): never in an id.
+_CONTROL = "\\x00-\\x1f\\x7f-\\x9f"
+
+
+def _printable(value: str) -> str:
+    """Refuses what the pattern cannot say: other non-printable characters (line and paragraph
+    separators, format characters, lone surrogates) and text that is not valid UTF-8."""
+    for position, character in enumerate(value):
+        if not character.isprintable():
+            raise ValueError(f"the character {character!r} at position {position} is not printable")
+    return value
+
+
+# Ids: printable, at most MAX_ID_CHARS characters. Ids written to the canonical CSV files also
+# have no comma or quote (docs/data_schema.md).
+PrintableId = Annotated[str, StringConstraints(min_length=1, max_length=MAX_ID_CHARS, pattern=f"^[^{_CONTROL}]+$"),
+                        AfterValidator(_printable)]
+CsvId = Annotated[str, StringConstraints(min_length=1, max_length=MAX_ID_CHARS, pattern=f'^[^{_CONTROL},"]+$'),
+                  AfterValidator(_printable)]
+ContextId = PrintableId
+Price = Annotated[StrictFloat | StrictInt, Field(ge=0, le=1e12)]
 
 
 class RecommendContext(BaseModel):
@@ -40,11 +64,11 @@ class RecommendFilters(BaseModel):
     """Business filters of one request (the denylist and purchased items apply always)."""
 
     model_config = ConfigDict(extra="forbid")
-    min_price: float | None = Field(None, ge=0, description="Lowest price shown (inclusive).")
-    max_price: float | None = Field(None, ge=0, description="Highest price shown (inclusive).")
+    min_price: Price | None = Field(None, description="Lowest price shown (inclusive).")
+    max_price: Price | None = Field(None, description="Highest price shown (inclusive).")
     exclude_ids: list[ContextId] = Field(default_factory=list, max_length=MAX_EXCLUDE_IDS,
                                          description="Items never to show in this response.")
-    exclude_purchased: bool = Field(True, description="Leave out items the user bought.")
+    exclude_purchased: StrictBool = Field(True, description="Leave out items the user bought.")
 
     @model_validator(mode="after")
     def _price_range(self) -> RecommendFilters:
@@ -62,12 +86,13 @@ class RecommendBody(BaseModel):
          "filters": {"max_price": 80}},
         {"user_id": "u42", "scene": "detail", "k": 8, "context": {"current_item": "i12"}, "diversity": 0.5},
     ]})
-    user_id: Annotated[str, StringConstraints(min_length=1, max_length=128)]
-    scene: Annotated[str, StringConstraints(min_length=1, max_length=64)] = Field(
+    user_id: PrintableId
+    scene: Annotated[str, StringConstraints(min_length=1, max_length=64, pattern=f"^[^{_CONTROL}]+$"),
+                     AfterValidator(_printable)] = Field(
         description="A scene of the routing table (by default home, cart, detail).")
-    k: int = Field(10, ge=1, le=MAX_K, description="List length.")
+    k: StrictInt = Field(10, ge=1, le=MAX_K, description="List length (a JSON integer: 5.0 and \"5\" are refused).")
     context: RecommendContext = Field(default_factory=RecommendContext)
-    diversity: float | None = Field(None, ge=0.0, le=1.0,
+    diversity: StrictFloat | StrictInt | None = Field(None, ge=0.0, le=1.0,
                                     description="MMR lambda: 0 = by relevance only, 1 = most categories; "
                                                 "default: the scene's.")
     filters: RecommendFilters = Field(default_factory=RecommendFilters)
@@ -106,9 +131,13 @@ class EventIn(BaseModel):
     user_id: CsvId
     item_id: CsvId
     event_type: Literal[features.LOGGED_EVENT_TYPES]  # type: ignore[valid-type]
-    request_id: Annotated[str, StringConstraints(max_length=64)] | None = Field(
+    request_id: Annotated[str, StringConstraints(min_length=1, max_length=64, pattern=f'^[^{_CONTROL},"]+$'),
+                          AfterValidator(_printable)] | None = Field(
         None, description="The /recommend response that showed the item, if any.")
-    timestamp: int | None = Field(None, ge=0, description="Unix seconds; default: now.")
+    timestamp: StrictInt | None = Field(
+        None, ge=0, le=MAX_TIMESTAMP,
+        description="Unix seconds; default: now. At most --max_future_skew_seconds (1 day) ahead of the "
+                    f"service's clock, and never after {MAX_TIMESTAMP} (2100-01-01).")
     session_id: CsvId | None = Field(None, description="Default: the request id, else '<user_id>-live'.")
     event_id: CsvId | None = Field(None, description="Unique id; re-sending an id is a no-op. Default: generated.")
 
@@ -143,5 +172,7 @@ class HealthResponse(BaseModel):
     status: Literal["ok", "degraded"]
     model_version: int | None
     feature_store: str
+    event_log: str = Field(description="The event log's backend and what makes a write durable, read back "
+                                       "from it (e.g. 'sqlite synchronous=FULL journal_mode=wal').")
     catalogue_items: int
     problems: list[str]

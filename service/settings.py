@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
+from collections.abc import Mapping
 
 from service.feature_store import StoreSettings
 from shoprec import config
@@ -13,8 +15,12 @@ MAX_CART_ITEMS = 100
 MAX_EXCLUDE_IDS = 1000
 DEFAULT_MAX_BATCH_EVENTS = 1000
 DEFAULT_MAX_BODY_BYTES = 1 << 20
+MAX_ID_CHARS = 128
+MAX_TIMESTAMP = 4_102_444_800  # 2100-01-01T00:00:00Z, Unix seconds: the schema's upper bound too
+DEFAULT_MAX_FUTURE_SKEW_SECONDS = 24 * 3600
 ENDPOINTS = ("/recommend", "/events", "/healthz", "/metrics")
-
+API_KEY_ENV = "SHOPREC_API_KEYS"  # comma-separated API keys (alternative to --api_key_file)
+LOOPBACK_HOSTS = ("127.0.0.1", "::1", "localhost")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -34,6 +40,17 @@ class ServiceSettings:
     model_timeout_seconds: float = 0.5
     max_batch_events: int = DEFAULT_MAX_BATCH_EVENTS
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
+    max_future_skew_seconds: int = DEFAULT_MAX_FUTURE_SKEW_SECONDS
+    host: str = "127.0.0.1"
+    api_keys: tuple[str, ...] = ()
+    rate_limit_per_second: float = 200.0
+    rate_limit_burst: int = 400
+    allow_unauthenticated: bool = False
+
+    @property
+    def auth_required(self) -> bool:
+        """Whether writes need an API key."""
+        return bool(self.api_keys)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -52,11 +69,15 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--model_name", default=defaults.model_name, help="the served model's name")
     parser.add_argument("--redis_url", default=None,
                         help="online feature store, e.g. redis://localhost:6379/0; default: in-process store")
-    parser.add_argument("--event_log", default=defaults.event_log, help="durable event log (SQLite file)")
+    parser.add_argument("--event_log", default=defaults.event_log,
+                        help="durable event log: a SQLite file, or redis://host:port/db for Redis Streams "
+                             "(the server must run with appendonly yes, appendfsync always)")
     parser.add_argument("--routing", default=None, help="routing table (JSON); default: the built-in table")
     parser.add_argument("--denylist", default=None, help="item ids never to recommend, one per line "
                                                          "(re-read when it changes)")
-    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--host", default=defaults.host,
+                        help="address to listen on; a non-loopback address needs an API key (or "
+                             "--allow_unauthenticated)")
     parser.add_argument("--port", type=int, default=8080)
     parser.add_argument("--history_length", type=int, default=defaults.history_length,
                         help="items passed to the user tower")
@@ -74,12 +95,30 @@ def build_parser() -> argparse.ArgumentParser:
                         help="most events per POST /events")
     parser.add_argument("--max_body_bytes", type=int, default=defaults.max_body_bytes,
                         help="largest request body")
+    parser.add_argument("--max_future_skew_seconds", type=int, default=defaults.max_future_skew_seconds,
+                        help="how far in the future an event's timestamp may lie")
+    parser.add_argument("--api_key_file", default=None,
+                        help=f"file of API keys, one per line ('#' comments); POST /events then needs "
+                             f"'Authorization: Bearer <key>'. Alternatively ${API_KEY_ENV} (comma-separated)")
+    parser.add_argument("--rate_limit_per_second", type=float, default=defaults.rate_limit_per_second,
+                        help="authenticated writes per second per API key (per client address when keyless)")
+    parser.add_argument("--rate_limit_burst", type=int, default=defaults.rate_limit_burst,
+                        help="writes a key may make at once before the rate limit applies")
+    parser.add_argument("--allow_unauthenticated", action="store_true",
+                        help="serve writes without an API key on a non-loopback address (not recommended)")
     parser.add_argument("--log_level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     return parser
 
 
-def settings_from_args(args: argparse.Namespace) -> ServiceSettings:
-    """ServiceSettings from parsed flags."""
+def settings_from_args(args: argparse.Namespace, environ: Mapping[str, str] | None = None) -> ServiceSettings:
+    """ServiceSettings from parsed flags (and the API keys from ``$SHOPREC_API_KEYS``).
+
+    Raises:
+      OSError: the API key file cannot be read.
+      ValueError: the API key file holds no key.
+    """
+    from service.auth import load_api_keys
+
     return ServiceSettings(
         data_dir=args.data_dir, model_url=args.model_url, model_name=args.model_name, redis_url=args.redis_url,
         event_log=args.event_log, routing_file=args.routing, denylist_file=args.denylist,
@@ -87,4 +126,8 @@ def settings_from_args(args: argparse.Namespace) -> ServiceSettings:
         store=StoreSettings(history_length=args.recent_events, session_ttl_seconds=args.session_ttl_seconds,
                             purchase_ttl_seconds=args.purchase_ttl_seconds),
         model_poll_seconds=args.model_poll_seconds, model_timeout_seconds=args.model_timeout_seconds,
-        max_batch_events=args.max_batch_events, max_body_bytes=args.max_body_bytes)
+        max_batch_events=args.max_batch_events, max_body_bytes=args.max_body_bytes,
+        max_future_skew_seconds=args.max_future_skew_seconds, host=args.host,
+        api_keys=load_api_keys(args.api_key_file, os.environ if environ is None else environ),
+        rate_limit_per_second=args.rate_limit_per_second, rate_limit_burst=args.rate_limit_burst,
+        allow_unauthenticated=args.allow_unauthenticated)

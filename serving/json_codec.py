@@ -44,7 +44,7 @@ BASE64_KEY = "b64"
 BYTES_NAME_SUFFIX = "_bytes"
 
 _MAX_VALUE_CHARS_IN_MESSAGE = 256
-_FLOAT32_MAX = float(np.finfo(np.float32).max)
+_FLOAT32_ROUNDING_LIMIT = 2.0**128 - 2.0**103  # doubles below this round to a finite float32
 _INT_RANGES = {
     "DT_INT8": (-(2**7), 2**7 - 1),
     "DT_UINT8": (0, 2**8 - 1),
@@ -123,7 +123,7 @@ def _check_lossless_float(value: int | float, dtype: dtypes.DType) -> None:
     if isinstance(value, int):
         lossless = abs(value) <= (1 << mantissa_bits) - 1
     else:
-        lossless = dtype.enum_name != "DT_FLOAT" or abs(value) <= _FLOAT32_MAX
+        lossless = dtype.enum_name != "DT_FLOAT" or abs(value) < _FLOAT32_ROUNDING_LIMIT
     if not lossless:
         raise invalid_argument(
             f"Cannot convert JSON value: {value_to_string(value)} to {dtype.short_name} without "

@@ -67,7 +67,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     flag("port", type=int, default=DEFAULT_GRPC_PORT, help="Port of the gRPC API.")
     flag("rest_api_port", type=int, default=DEFAULT_REST_API_PORT, help="Port of the REST API; 0 turns it off.")
-    flag("bind_address", default="0.0.0.0", help="Address both APIs listen on (this server only).")
+    flag("bind_address", default="127.0.0.1",
+         help="Address both APIs listen on (this server only). Loopback by default: the model server also "
+              "serves config reloads, which must stay off the public network; pass 0.0.0.0 to listen on all "
+              "interfaces (the deploy manifests run the real TF Serving, which listens on all of them).")
     flag("rest_api_num_threads", type=int, default=4 * (os.cpu_count() or 1), help="Threads answering REST requests.")
     flag(
         "grpc_max_threads",

@@ -19,6 +19,8 @@ from tensorflow.core.framework import tensor_pb2
 
 from serving import dtypes
 
+MAX_FILLED_ELEMENTS = 1 << 26  # elements a proto may leave to be filled by repeating its last value
+
 
 def shape_of(proto: tensor_pb2.TensorProto) -> tuple[int, ...]:
     """Returns the shape of a TensorProto.
@@ -76,6 +78,11 @@ def to_ndarray(proto: tensor_pb2.TensorProto) -> np.ndarray:
             f"{num_elements}"
         )
     if flat.size < num_elements:
+        if num_elements > MAX_FILLED_ELEMENTS:
+            raise ValueError(
+                f"{dtype.proto_field} holds {flat.size} values but shape {list(shape)} needs "
+                f"{num_elements}; at most {MAX_FILLED_ELEMENTS} elements may be filled by repetition"
+            )
         fill = flat[-1] if flat.size else (b"" if dtype.enum_name == "DT_STRING" else 0)
         padded = np.empty(num_elements, dtype=dtype.numpy_dtype)
         padded[: flat.size] = flat

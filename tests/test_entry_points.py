@@ -25,7 +25,10 @@ ENTRY_POINTS = (
     "shoprec.data.generate",
     "shoprec.data.importer",
     "service.event_log",
-    # service.app joins this list once its imports are lazy (another change is editing it).
+    "service.app",
+    "pipeline.kubeflow_runner",
+    "shoprec.model.score_test_file",
+    "ui.demo",
     "bench.pooling",
     "bench.serving",
     "bench.grpc_floor",

@@ -6,7 +6,7 @@ a real Redis and the service itself, each started once per session on free loopb
 * ``model_server``: ``python -m serving.model_server`` on the pushed model, with the batching
   parameters of ``deploy/serving``;
 * ``redis_url``: a throwaway ``redis-server`` (tests that need it are skipped when the binary is
-  missing: ``apt-get install redis-server``);
+  missing, and fail under ``CI=true``: ``scripts/install_services.sh``);
 * ``service``: ``python -m service.app`` over gRPC, with Redis as the feature store.
 """
 
@@ -28,6 +28,7 @@ import redis
 import requests
 
 from shoprec import config, features
+from tests.conftest import require
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 START_TIMEOUT_S = 240
@@ -140,13 +141,19 @@ def model_server(trained_run: TrainedRun, tmp_path_factory: pytest.TempPathFacto
         process.stop()
 
 
+def redis_binary() -> str:
+    """The redis-server binary on PATH (skip, or fail under CI=true, when there is none)."""
+    binary = shutil.which("redis-server")
+    require(binary is not None, "the redis-server binary (on PATH)",
+            "apt-get install redis-server, or scripts/install_services.sh")
+    assert binary is not None
+    return binary
+
+
 @pytest.fixture(scope="session")
 def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """A throwaway Redis server (no persistence) on a free port."""
-    binary = shutil.which("redis-server")
-    if binary is None:
-        pytest.skip("the redis-server binary is not installed (apt-get install redis-server); "
-                    "tests against a real Redis are skipped")
+    binary = redis_binary()
     port = portpicker.pick_unused_port()
     log_path = tmp_path_factory.mktemp("redis") / "redis.log"
     with open(log_path, "wb") as log:

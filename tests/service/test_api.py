@@ -254,6 +254,7 @@ def test_events_single_batch_duplicates_and_attribution(service: Service) -> Non
 def test_health_metrics_and_openapi(service: Service, model_server: ModelServer, shop: Shop) -> None:
     health = ok_json(requests.get(service.url + "/healthz", timeout=30))
     assert health == {"status": "ok", "model_version": model_server.version, "feature_store": "redis",
+                      "event_log": "sqlite synchronous=FULL journal_mode=wal",
                       "catalogue_items": len(shop.items), "problems": []}
     metrics = requests.get(service.url + "/metrics", timeout=30)
     assert metrics.headers["content-type"].startswith("text/plain")
@@ -263,7 +264,9 @@ def test_health_metrics_and_openapi(service: Service, model_server: ModelServer,
     assert {"/recommend", "/events", "/healthz", "/metrics"} <= set(spec["paths"])
     response_schema = spec["paths"]["/recommend"]["post"]["responses"]["200"]["content"]["application/json"]
     assert response_schema["schema"]["$ref"].endswith("/RecommendResponse")
-    assert requests.get(service.url + "/recommend", timeout=30).status_code == 405
+    wrong_method = requests.get(service.url + "/recommend", timeout=30)
+    assert wrong_method.status_code == 405
+    assert wrong_method.json() == {"error": "method GET not allowed on /recommend; allowed: POST"}
 
 
 def test_help_lists_the_flags() -> None:
