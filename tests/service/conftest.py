@@ -105,12 +105,17 @@ def start(args: list[str], log_path: Path, url: str, ready_path: str, ready_text
     raise RuntimeError(f"{args} did not become ready in {START_TIMEOUT_S} s:\n{process.log()[-4000:]}")
 
 
+_TRAINED_RUNS: list[TrainedRun] = []  # this session's run, shared by every importer of the fixture
+
+
 @pytest.fixture(scope="session")
 def trained_run(tmp_path_factory: pytest.TempPathFactory) -> TrainedRun:
     """A small shop and its trained, pushed model (reused from $SHOPREC_SERVICE_TEST_RUN_DIR if set)."""
     existing = os.environ.get(RUN_DIR_ENV)
     if existing:
         return TrainedRun(Path(existing))
+    if _TRAINED_RUNS:  # tests/ui imports this fixture: one definition each, one pipeline run
+        return _TRAINED_RUNS[0]
     root = tmp_path_factory.mktemp("service_run")
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
     with open(root / "pipeline.log", "wb") as log:
@@ -118,7 +123,8 @@ def trained_run(tmp_path_factory: pytest.TempPathFactory) -> TrainedRun:
                                     *SHOP_ARGS], cwd=REPO_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
     if completed.returncode != 0:
         raise RuntimeError(f"the pipeline failed:\n{(root / 'pipeline.log').read_text()[-4000:]}")
-    return TrainedRun(root)
+    _TRAINED_RUNS.append(TrainedRun(root))
+    return _TRAINED_RUNS[0]
 
 
 @pytest.fixture(scope="session")
