@@ -37,9 +37,9 @@ from service.strategy.service import (
     RecommendationService,
     RecommendedItem,
     RecommendRequest,
-    collapse_repeats,
 )
 from shoprec import features
+from shoprec.data import point_in_time
 
 # A tiny shop: 8 items in 3 categories; u1 and u2 are known users.
 ITEMS = pd.DataFrame({
@@ -119,8 +119,8 @@ def test_with_purchases_and_time_split(catalogue: Catalogue) -> None:
     assert train[features.TIMESTAMP].max() < held_out[features.TIMESTAMP].min()
 
 
-def test_collapse_repeats() -> None:
-    assert collapse_repeats(["a", "a", "b", "a", "a"]) == ["a", "b", "a"]
+def test_live_items_extend_the_sequence_with_the_pipelines_rule() -> None:
+    assert point_in_time.extend_history((), ["a", "a", "b", "a", "a"], 20) == ("a", "b", "a")
 
 
 def test_top_allowed_orders_and_masks() -> None:
