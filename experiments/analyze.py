@@ -2,9 +2,11 @@
 
     python -m experiments.analyze EXPERIMENT_FILE --events DIR [--out DIR]
 
-Reads ``DIR/events.csv`` (canonical columns plus ``request_id``; impressions may instead be in
-``DIR/impressions.csv``, as ``service.event_log export`` writes them), ``DIR/exposures.csv``
-and, for revenue, ``DIR/items.csv``. Events are attributed to arms by request id. Writes
+Reads ``DIR/exposures.csv``, the events with their request ids and, for revenue,
+``DIR/items.csv``. The events come from ``DIR/attributed_events.csv`` when it is there (what
+``python -m service.event_log export`` writes from the service's own log: every logged event,
+impressions included, with its request id), else from ``DIR/events.csv`` (canonical columns plus
+``request_id``, as the simulator writes it; impressions may instead be in ``DIR/impressions.csv``). Events are attributed to arms by request id. Writes
 ``<out>/<experiment>.md`` and PNGs; for a bandit experiment, the allocation over time, the SRM
 check against each period's allocation and, when ``DIR/truth.json`` (written by the simulator)
 holds the true mean reward per scene and arm, the cumulative regret.
@@ -39,7 +41,9 @@ def load_requests(config: "ExperimentConfig", events_dir: str,  # noqa: F821
     from shoprec import features
 
     exposures_path = exposures_path or os.path.join(events_dir, exposure.EXPOSURES_FILE)
-    events_path = os.path.join(events_dir, features.EVENTS_FILE)
+    attributed_path = os.path.join(events_dir, exposure.ATTRIBUTED_EVENTS_FILE)
+    from_service_log = os.path.isfile(attributed_path)
+    events_path = attributed_path if from_service_log else os.path.join(events_dir, features.EVENTS_FILE)
     for path in (exposures_path, events_path):
         if not os.path.isfile(path):
             raise FileNotFoundError(f"{path}: missing (see python -m experiments.analyze --help)")
@@ -51,7 +55,7 @@ def load_requests(config: "ExperimentConfig", events_dir: str,  # noqa: F821
         raise ValueError(f"{exposures_path}: no exposures of experiment {config.name!r}")
     frames = [pd.read_csv(events_path, dtype=str)]
     impressions_path = os.path.join(events_dir, IMPRESSIONS_FILE)
-    if os.path.isfile(impressions_path):
+    if not from_service_log and os.path.isfile(impressions_path):
         impressions = pd.read_csv(impressions_path, dtype=str)
         impressions[features.EVENT_TYPE] = features.IMPRESSION
         frames.append(impressions)

@@ -171,6 +171,27 @@ class StrategyBandit:
             stats.trials[arm_index] += 1.0
             stats.cached_allocation = None
 
+    def record_trial(self, scene: str, arm: str) -> None:
+        """Counts one served request of ``arm`` as a trial with no reward yet (live traffic:
+        the reward, if any, arrives later through :meth:`record_reward`)."""
+        index = self._arm_index(arm)
+        with self._lock:
+            stats = self._stats(scene)
+            stats.trials[index] += 1.0
+            stats.cached_allocation = None
+
+    def record_reward(self, scene: str, arm: str, reward: float = 1.0) -> None:
+        """Adds the late reward of a trial :meth:`record_trial` counted (once per request)."""
+        if not 0.0 <= reward <= 1.0:
+            raise ValueError(f"reward must be in [0, 1], got {reward}")
+        index = self._arm_index(arm)
+        with self._lock:
+            stats = self._stats(scene)
+            if stats.successes[index] + reward > stats.trials[index]:
+                raise ValueError(f"scene {scene!r} arm {arm!r}: more rewards than trials")
+            stats.successes[index] += reward
+            stats.cached_allocation = None
+
     def counts(self, scene: str) -> dict[str, tuple[float, float]]:
         """(successes, trials) per arm of ``scene``."""
         with self._lock:

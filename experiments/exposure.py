@@ -20,6 +20,9 @@ from typing import Iterable, Sequence
 from shoprec import features
 
 EXPOSURES_FILE = "exposures.csv"
+# What ``python -m service.event_log export`` writes beside the canonical files: every logged
+# event (impressions included) with its request id, so that events can be attributed to arms.
+ATTRIBUTED_EVENTS_FILE = "attributed_events.csv"
 # Names the service's event log also uses; shoprec.features does not declare them (yet).
 REQUEST_ID = "request_id"
 EXPERIMENT = "experiment"

@@ -68,3 +68,20 @@ def test_bad_arguments_say_what():
 
 def test_cumulative_regret_hand_computed():
     assert cumulative_regret(0.5, np.array([0.5, 0.2, 0.4])) == pytest.approx([0.0, 0.3, 0.4])
+
+
+def test_live_trials_and_late_rewards_update_the_posterior():
+    bandit = StrategyBandit(["a", "b"], algorithm="thompson", floor=0.05, seed=4)
+    for _ in range(200):
+        bandit.record_trial("home", "a")
+        bandit.record_trial("home", "b")
+    for _ in range(60):
+        bandit.record_reward("home", "b")
+    assert bandit.counts("home") == {"a": (0.0, 200.0), "b": (60.0, 200.0)}
+    assert bandit.allocation("home")["b"] == pytest.approx(0.95)  # all but a's floor
+    assert bandit.counts("cart") == {"a": (0.0, 0.0), "b": (0.0, 0.0)}  # scenes are independent
+    with pytest.raises(ValueError, match="more rewards than trials"):
+        for _ in range(141):
+            bandit.record_reward("home", "b")
+    with pytest.raises(KeyError, match="unknown arm"):
+        bandit.record_trial("home", "z")

@@ -110,3 +110,21 @@ def test_msprt_hand_computed():
     assert p[1] == pytest.approx(1 / (math.sqrt(0.5) * math.e))
     assert p[2] == p[1]  # always-valid p-values never go back up
     assert p[0] == 1.0
+
+
+def test_power_calculator_with_unequal_variances_matches_statsmodels_and_hand():
+    # Control variance 4, treatment 4 * 1.05^2 = 4.41, effect 0.5:
+    # n = (1.959964 + 0.841621)^2 * (4 + 4.41) / 0.25 = 264.08 -> 265.
+    treatment = stats.treatment_variance_under_lift(4.0, 0.05)
+    assert treatment == pytest.approx(4.41)
+    n = stats.sample_size_per_arm(4.0, 0.5, 0.05, 0.8, treatment_variance=treatment)
+    assert n == math.ceil((1.959964 + 0.841621) ** 2 * 8.41 / 0.25)
+    assert n > stats.sample_size_per_arm(4.0, 0.5, 0.05, 0.8)  # equal variances under-size it
+    # Unequal variances = equal variances of their mean, for the two-sample z-test's power.
+    assert stats.power(4.0, n, 0.5, 0.05, treatment) == pytest.approx(
+        NormalIndPower().power(effect_size=0.5 / math.sqrt(8.41 / 2), nobs1=n, alpha=0.05), rel=1e-9)
+    assert stats.power(4.0, n, 0.5, 0.05, treatment) >= 0.8
+    # The sample size for equal variances gives less than 80% when the treatment's is larger.
+    assert stats.power(4.0, stats.sample_size_per_arm(4.0, 0.5), 0.5, 0.05, treatment) < 0.8
+    with pytest.raises(ValueError, match="variances > 0"):
+        stats.sample_size_per_arm(4.0, 0.5, treatment_variance=0.0)
