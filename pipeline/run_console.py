@@ -1,4 +1,9 @@
-"""A run a person can read: one line per component as it starts and ends; the full logs in a file.
+"""A run a person can read: one line per component, with its time; the full logs in a file.
+
+On a terminal a component's "running ..." line is rewritten in place by its "done" line. Where
+the output is not a terminal (a pipe, a CI log) only the "done" line is printed, preceded by a
+"running ..." line when the component is still running after ``STILL_RUNNING_AFTER_S``, so a long
+step still shows progress and a run of 17 components stays within a screen.
 
 :class:`RunConsole` redirects the process's own stdout and stderr file descriptors (so TF's C++
 logs, absl, Beam, Python warnings and any worker process it starts) to ``<log_dir>/pipeline.log``
@@ -15,6 +20,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
+import threading
 import time
 import traceback
 from types import TracebackType
@@ -24,28 +30,45 @@ LOG_FILE = "pipeline.log"
 _RUNNING = "Component %s is running."
 _FINISHED = "Component %s is finished."
 _CACHED = "A cached execution %d is used."
+STILL_RUNNING_AFTER_S = 20.0
 
 
 class _ComponentProgress(logging.Handler):
     """Turns the orchestrator's component records into progress lines on ``console``."""
 
-    def __init__(self, console: RunConsole) -> None:
+    def __init__(self, console: RunConsole, still_running_after_s: float = STILL_RUNNING_AFTER_S) -> None:
         super().__init__(logging.INFO)
         self._console = console
+        self._still_running_after_s = still_running_after_s
         self.running: str | None = None
         self._started = 0.0
         self._cached = False
+        self._timer: threading.Timer | None = None
 
     def emit(self, record: logging.LogRecord) -> None:
         if record.msg == _RUNNING:
             self.running, self._started, self._cached = str(record.args[0]), time.monotonic(), False
-            self._console.say(f"  {self.running:<30} running ...")
+            line = f"  {self.running:<30} running ..."
+            if self._console.interactive:
+                self._console.say(line, end="")
+            else:
+                self._timer = threading.Timer(self._still_running_after_s, self._console.say, args=(line,))
+                self._timer.daemon = True
+                self._timer.start()
         elif record.msg == _CACHED:
             self._cached = True
         elif record.msg == _FINISHED and self.running is not None:
+            self.cancel_timer()
             seconds = time.monotonic() - self._started
-            self._console.say(f"  {self.running:<30} {'cached' if self._cached else 'done':<8} {seconds:6.1f} s")
+            line = f"  {self.running:<30} {'cached' if self._cached else 'done':<8} {seconds:6.1f} s"
+            self._console.say(f"\r\033[K{line}" if self._console.interactive else line)
             self.running = None
+
+    def cancel_timer(self) -> None:
+        """Drops a pending "still running" line (the component ended, or the run did)."""
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
 
 
 class RunConsole:
@@ -54,26 +77,34 @@ class RunConsole:
     Args:
       log_dir: folder for the full log (created).
       verbose: show the logs live instead of redirecting them.
+      interactive: rewrite a component's line in place; default: stdout is a terminal and not
+        ``verbose``.
+      still_running_after_s: off a terminal, announce a component still running after this long.
 
     On an exception inside the block it prints the failing component (when one was running), the
     cause and the log's path, and lets the exception propagate.
     """
 
-    def __init__(self, log_dir: str, verbose: bool = False) -> None:
+    def __init__(self, log_dir: str, verbose: bool = False, interactive: bool | None = None,
+                 still_running_after_s: float = STILL_RUNNING_AFTER_S) -> None:
         os.makedirs(log_dir, exist_ok=True)
         self.log_path = os.path.join(log_dir, LOG_FILE)
         self.verbose = verbose
         self._terminal: IO[str] = sys.stdout
+        # Rewriting a line in place needs a terminal, and no live logs interleaving with it.
+        self.interactive = (sys.stdout.isatty() and not verbose) if interactive is None else interactive
+        self._lock = threading.Lock()
         self._saved_fds: tuple[int, int] | None = None
         self._log_file: IO[bytes] | None = None
-        self._progress = _ComponentProgress(self)
+        self._progress = _ComponentProgress(self, still_running_after_s)
         self._file_handler: logging.Handler | None = None
 
-    def say(self, line: str) -> None:
-        """Writes one line to the terminal (and, when redirected, to the log too)."""
-        print(line, file=self._terminal, flush=True)
-        if not self.verbose and self._log_file is not None:
-            print(f"[progress] {line}", file=sys.stderr, flush=True)
+    def say(self, line: str, end: str = "\n") -> None:
+        """Writes ``line`` to the terminal (and, when redirected, to the log too); thread-safe."""
+        with self._lock:
+            print(line, file=self._terminal, end=end, flush=True)
+            if not self.verbose and self._log_file is not None:
+                print(f"[progress] {line.removeprefix(chr(13) + chr(27) + '[K')}", file=sys.stderr, flush=True)
 
     def __enter__(self) -> RunConsole:
         sys.stdout.flush()
@@ -94,6 +125,9 @@ class RunConsole:
     def __exit__(self, kind: type[BaseException] | None, error: BaseException | None,
                  trace: TracebackType | None) -> None:
         logging.getLogger("absl").removeHandler(self._progress)
+        self._progress.cancel_timer()
+        if self._progress.running is not None and self.interactive:
+            self.say("")  # ends the pending "running ..." line
         if error is not None and not isinstance(error, KeyboardInterrupt):
             print("".join(traceback.format_exception(kind, error, trace)), file=sys.stderr, flush=True)
         sys.stdout.flush()
