@@ -75,6 +75,16 @@ PROBLEM_KINDS: dict[str, ProblemKind] = {
     "item_without_price": ProblemKind(FILLED, "items", "item without a valid price on any row"),
     "item_without_attributes": ProblemKind(
         FILLED, "items", "item without attributes in the attribute file"),
+    "user_without_attributes": ProblemKind(
+        FILLED, "users", "user without a row in the user attribute file"),
+    "item_without_events": ProblemKind(
+        KEPT, "items", "item of the attribute file without interactions (a cold-start item)"),
+    "user_without_events": ProblemKind(
+        KEPT, "users", "user of the attribute file without interactions (a cold-start user)"),
+    "duplicate_attribute_row": ProblemKind(
+        REFUSED, "rows", "id listed again on a later row of an attribute file"),
+    "attribute_file_overrides_events": ProblemKind(
+        RESOLVED, "values", "the attribute file and the log's rows disagree on a value"),
     "unused_attribute_items": ProblemKind(
         IGNORED, "items", "item in the attribute file without interactions"),
     "sanitized_value": ProblemKind(
@@ -150,6 +160,8 @@ class ImportReport:
       fields: optional canonical field -> how its values were obtained.
       problems: kind -> what was found; only kinds that occurred.
       mapping: the mapping that was applied.
+      attribute_files: path of each item or user attribute file read -> what it holds and its
+        row counts (the counts above are the log's).
     """
 
     source: str
@@ -166,6 +178,7 @@ class ImportReport:
     fields: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)
     problems: dict[str, Problem] = dataclasses.field(default_factory=dict)
     mapping: dict[str, Any] = dataclasses.field(default_factory=dict)
+    attribute_files: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)
 
     def add(self, kind: str, count: int, handling: str,
             examples: list[dict[str, Any]] | None = None, unit: str | None = None,
@@ -216,7 +229,7 @@ class ImportReport:
         violations = self.strict_violations()
         first = violations[0]
         example = first.examples[0] if first.examples else {}
-        where = [self.input_path]
+        where = [example.get("file", self.input_path)]
         if example.get("rows"):
             where.append(" and ".join(f"{self.location_word} {row}" for row in example["rows"]))
         elif example.get("row") is not None:
@@ -249,6 +262,7 @@ class ImportReport:
             "present_fields": self.present_fields, "fields": self.fields,
             "problems": {kind: problem.to_json() for kind, problem in self.problems.items()},
             "mapping": self.mapping,
+            **({"attribute_files": self.attribute_files} if self.attribute_files else {}),
         }
 
     def write(self, path: str) -> None:
@@ -264,6 +278,9 @@ class ImportReport:
             f"  rows read {self.rows_read:,}; events written {self.events_written:,}; "
             f"refused {self.rows_refused:,}; ignored {self.rows_ignored:,}",
             f"  items written {self.items_written:,}; users written {self.users_written:,}",
+            *(f"  {info['holds']} file {path}: rows read {info['rows_read']:,}; kept "
+              f"{info['rows_kept']:,}; refused {info['rows_refused']:,}"
+              for path, info in self.attribute_files.items()),
             "  optional fields: " + ", ".join(f"{name} {status}"
                                               for name, status in self.present_fields.items()),
         ]
@@ -291,7 +308,7 @@ def _first_row(examples: list[dict[str, Any]]) -> float:
 
 def _describe_example(example: dict[str, Any], location_word: str) -> str:
     """One example in words, e.g. ``line 4, brand (column brand): ''``."""
-    parts = []
+    parts = [example["file"]] if example.get("file") else []
     if example.get("row") is not None:
         parts.append(f"{location_word} {example['row']}")
     if example.get("rows"):

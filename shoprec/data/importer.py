@@ -6,6 +6,8 @@ REES46 sample and Amazon Beauty), and writes ``events.csv``, ``items.csv`` and `
 says how it was handled::
 
     python -m shoprec.data.importer --source csv --input logs.csv --mapping my.yaml --out shop/
+    python -m shoprec.data.importer --source csv --input logs.csv --items items.csv \
+        --users users.parquet --out shop/
     python -m shoprec.data.importer --source rees46 --input rees46-sample/events.csv --out r/
     python -m shoprec.data.importer --source amazon-beauty --input amazon-beauty/ --out beauty/
 
@@ -50,6 +52,10 @@ REQUIRED_FIELDS: tuple[str, ...] = (features.USER_ID, features.ITEM_ID, features
 OPTIONAL_FIELDS: tuple[str, ...] = (features.CATEGORY, features.BRAND, features.PRICE,
                                     features.EVENT_TYPE, features.SESSION_ID, features.AGE_GROUP)
 MAPPABLE_FIELDS: tuple[str, ...] = REQUIRED_FIELDS + OPTIONAL_FIELDS + (features.EVENT_ID,)
+# What a separate attribute file may hold, key first (``--items`` and ``--users``).
+ITEM_ATTRIBUTE_FIELDS: tuple[str, ...] = (features.ITEM_ID, features.CATEGORY, features.BRAND,
+                                          features.PRICE)
+USER_ATTRIBUTE_FIELDS: tuple[str, ...] = (features.USER_ID, features.AGE_GROUP)
 _FALLBACK_FIELDS = (features.CATEGORY, features.BRAND)
 _TIME_UNITS: dict[str, int] = {"s": 1, "ms": 10**3, "us": 10**6, "ns": 10**9}
 _NOT_IN_IDS_PATTERN = '[,"\r\n]'  # canonical ids must not hold these (docs/data_schema.md)
@@ -131,6 +137,8 @@ class Mapping:
       optional_fields: the optional canonical fields the source declares; None: those mapped.
       delimiter: CSV field separator.
       encoding: CSV text encoding (a UTF-8 byte order mark is skipped).
+      item_columns, user_columns: canonical field -> column of the item and user attribute
+        files (``--items``, ``--users``); None maps the columns that have canonical names.
       raw: the mapping as given, for the report.
     """
 
@@ -144,11 +152,13 @@ class Mapping:
     optional_fields: tuple[str, ...] | None = None
     delimiter: str = ","
     encoding: str = "utf-8-sig"
+    item_columns: dict[str, str] | None = None
+    user_columns: dict[str, str] | None = None
     raw: dict[str, Any] = dataclasses.field(default_factory=dict)
 
 
 _MAPPING_KEYS = ("description", "columns", "fallbacks", "event_types", "age_groups",
-                 "timestamp", "optional_fields", "csv")
+                 "timestamp", "optional_fields", "csv", "item_columns", "user_columns")
 
 
 def load_mapping(path: str) -> dict[str, Any]:
@@ -176,17 +186,9 @@ def parse_mapping(raw: dict[str, Any] | None) -> Mapping:
     if unknown:
         raise MappingError(f"mapping: unknown key(s) {', '.join(unknown)}; "
                            f"allowed: {', '.join(_MAPPING_KEYS)}")
-    columns = None
-    if raw.get("columns") is not None:
-        columns = {}
-        for source, field in _as_dict(raw["columns"], "columns").items():
-            if field not in MAPPABLE_FIELDS:
-                raise MappingError(f"mapping: columns: {source!r} -> {field!r}: not a canonical "
-                                   f"field ({', '.join(MAPPABLE_FIELDS)})")
-            if field in columns:
-                raise MappingError(f"mapping: columns: both {columns[field]!r} and {source!r} "
-                                   f"map to {field!r}")
-            columns[field] = str(source)
+    columns = _parse_columns(raw, "columns", MAPPABLE_FIELDS)
+    item_columns = _parse_columns(raw, "item_columns", ITEM_ATTRIBUTE_FIELDS)
+    user_columns = _parse_columns(raw, "user_columns", USER_ATTRIBUTE_FIELDS)
     fallbacks = {}
     for field, spec in _as_dict(raw.get("fallbacks") or {}, "fallbacks").items():
         spec = _as_dict(spec, f"fallbacks.{field}")
@@ -235,7 +237,28 @@ def parse_mapping(raw: dict[str, Any] | None) -> Mapping:
         timestamp_format=str(timestamp.get("format", "unix")), timestamp_unit=unit,
         timezone=str(timestamp.get("timezone", "UTC")), optional_fields=optional_fields,
         delimiter=str(csv_options.get("delimiter", ",")),
-        encoding=str(csv_options.get("encoding", "utf-8-sig")), raw=raw)
+        encoding=str(csv_options.get("encoding", "utf-8-sig")), item_columns=item_columns,
+        user_columns=user_columns, raw=raw)
+
+
+def _parse_columns(raw: dict[str, Any], key: str, allowed: Sequence[str]) -> dict[str, str] | None:
+    """``raw[key]`` (source column -> canonical field) as canonical field -> source column.
+
+    Raises:
+      MappingError: a field outside ``allowed``, or two columns mapped to one field.
+    """
+    if raw.get(key) is None:
+        return None
+    columns: dict[str, str] = {}
+    for source, field in _as_dict(raw[key], key).items():
+        if field not in allowed:
+            raise MappingError(f"mapping: {key}: {source!r} -> {field!r}: not a canonical field "
+                               f"({', '.join(allowed)})")
+        if field in columns:
+            raise MappingError(f"mapping: {key}: both {columns[field]!r} and {source!r} map to "
+                               f"{field!r}")
+        columns[field] = str(source)
+    return columns
 
 
 def _as_dict(value: Any, key: str) -> dict:
@@ -248,9 +271,11 @@ def _as_dict(value: Any, key: str) -> dict:
 # ---------------------------------------------------------------------------------------------
 # Reading a generic table.
 # ---------------------------------------------------------------------------------------------
-def _read_csv(path: str, mapping: Mapping, report: ImportReport
+def _read_csv(path: str, mapping: Mapping, report: ImportReport, source_file: str | None = None
               ) -> tuple[pd.DataFrame, np.ndarray, list[str]]:
     """Reads a CSV log as text; rows with the wrong number of fields are refused and counted.
+
+    ``source_file`` is named in the examples (for a file other than the log).
 
     Returns:
       The well-formed rows as strings (one column per header name), their line numbers
@@ -279,7 +304,8 @@ def _read_csv(path: str, mapping: Mapping, report: ImportReport
                 if len(fields) != len(header):
                     malformed_count += 1
                     if len(malformed) < report_lib.MAX_EXAMPLES:
-                        malformed.append({"row": reader.line_num, "field": None,
+                        malformed.append({**({"file": source_file} if source_file else {}),
+                                          "row": reader.line_num, "field": None,
                                           "value": mapping.delimiter.join(fields)[:200],
                                           "fields": len(fields), "expected": len(header)})
                     continue
@@ -406,6 +432,7 @@ class _TableStager:
         self.header = header
         self.declared = declared
         self.usable: dict[str, bool] = {}  # optional field -> some written row has a value
+        self.source_file: str | None = None  # named in the examples when not the log itself
 
     # --- helpers -------------------------------------------------------------------------
     def _examples(self, mask: np.ndarray, field: str, values: np.ndarray,
@@ -413,7 +440,9 @@ class _TableStager:
         """Up to MAX_EXAMPLES examples of the rows where ``mask`` is true."""
         rows = self.rows if rows is None else rows
         column = self.columns.get(field)
-        return [{"row": int(rows[i]), "field": field, "column": column, "value": _plain(values[i])}
+        where = {} if self.source_file is None else {"file": self.source_file}
+        return [{**where, "row": int(rows[i]), "field": field, "column": column,
+                 "value": _plain(values[i])}
                 for i in np.flatnonzero(mask)[:report_lib.MAX_EXAMPLES]]
 
     def _refuse(self, bad: np.ndarray, kind: str, field: str, values: np.ndarray,
@@ -624,6 +653,86 @@ class _TableStager:
         self.report.add("optional_field_absent", len(absent),
                         "every value gets the field's default (see fields)",
                         [{"row": None, "field": f, "value": None} for f in absent])
+
+
+class _AttributeStager(_TableStager):
+    """Turns an item or user attribute file (one row per id) into attribute observations.
+
+    The rows get the same checks as the log's (ids, prices, age groups, sanitising); a repeated
+    id keeps its first row. Problems are counted in the import's report with the file named in
+    each example.
+    """
+
+    def __init__(self, frame: pd.DataFrame, rows: np.ndarray, header: list[str], path: str,
+                 fields: Sequence[str], columns: dict[str, str] | None, mapping: Mapping,
+                 report: ImportReport):
+        self.frame, self.rows, self.header, self.report = frame, rows, header, report
+        self.mapping = dataclasses.replace(mapping, fallbacks={})  # fallbacks name log columns
+        self.key = fields[0]
+        self.keep = np.ones(len(frame), dtype=bool)
+        named = columns or {f: f for f in fields if f in header}
+        if named.get(self.key) not in header:
+            id_column = named.get(self.key, self.key)
+            raise ImportDataError(f"{path}: missing the id column {id_column!r}; the header has "
+                                  f"{', '.join(header)}")
+        lacking = sorted(f"{f} (column {c!r})" for f, c in named.items() if c not in header)
+        if lacking:
+            raise ImportDataError(f"{path}: the mapping names column(s) the file does not have: "
+                                  f"{', '.join(lacking)}; the header has {', '.join(header)}")
+        self.columns = named
+        self.declared = tuple(named)
+        self.usable = {}
+        self.source_file = path
+
+    def stage(self) -> pd.DataFrame:
+        """The kept rows: the key, the file's attribute fields and ``_ROW``.
+
+        Missing values are ``UNKNOWN`` (category, brand), NaN (price) or ``""`` (age group).
+        """
+        ids = self._text(self.key)
+        self._refuse(ids == "", "missing_required_value", self.key, ids)
+        self._refuse(_has_forbidden(ids), "invalid_id", self.key, ids)
+        repeated = pd.Series(np.where(self.keep, ids, None)).duplicated().to_numpy()
+        self._refuse(repeated & (ids != ""), "duplicate_attribute_row", self.key, ids,
+                     "the row is not written; the first row with the id is kept")
+        kept = np.flatnonzero(self.keep)
+        rows = self.rows[kept]
+        table = pd.DataFrame({self.key: ids[kept], _ROW: rows})
+        for field in self.columns:
+            if field in (features.CATEGORY, features.BRAND):
+                table[field] = self._category_or_brand(field, kept, rows)
+            elif field == features.PRICE:
+                table[field] = self._prices(kept, rows)
+            elif field == features.AGE_GROUP:
+                table[field] = self._age_groups(kept, rows)
+        return table
+
+
+def _read_attribute_file(path: str, fields: Sequence[str], columns: dict[str, str] | None,
+                         mapping: Mapping, report: ImportReport) -> pd.DataFrame:
+    """Reads and stages an item or user attribute file (CSV, or Parquet by its extension).
+
+    Raises:
+      ImportDataError: the file is missing, unreadable or lacks its id column.
+    """
+    if not os.path.isfile(path):
+        raise ImportDataError(f"{path}: file is missing")
+    # The report's row counts are the log's; this file's go to ``attribute_files``.
+    counts = report.rows_read, report.rows_refused, report.rows_ignored, report.location_word
+    report.rows_read = report.rows_refused = report.rows_ignored = 0
+    if path.endswith(".parquet"):
+        wanted = list((columns or {f: f for f in fields}).values())
+        frame, rows, header = _read_parquet(path, report, wanted)
+    else:
+        frame, rows, header = _read_csv(path, mapping, report, source_file=path)
+    table = _AttributeStager(frame, rows, header, path, fields, columns, mapping, report).stage()
+    table.attrs["path"] = path
+    report.attribute_files[path] = {
+        "holds": "items" if fields[0] == features.ITEM_ID else "users",
+        "location_unit": report.location_word, "rows_read": report.rows_read,
+        "rows_refused": report.rows_refused, "rows_kept": len(table)}
+    report.rows_read, report.rows_refused, report.rows_ignored, report.location_word = counts
+    return table
 
 
 _DEFAULT_RULES: dict[str, str] = {
@@ -881,9 +990,16 @@ def _amazon_field_status(report: ImportReport, attributes_path: str) -> None:
 # ---------------------------------------------------------------------------------------------
 # Settling ids, sessions and attributes; writing.
 # ---------------------------------------------------------------------------------------------
-def _finish(staged: _Staged, report: ImportReport
+def _finish(staged: _Staged, report: ImportReport, item_table: pd.DataFrame | None = None,
+            user_table: pd.DataFrame | None = None
             ) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
     """Sorts events, derives sessions and ids, settles one row per item and per user.
+
+    Args:
+      staged: the log's rows.
+      report: filled in.
+      item_table, user_table: staged attribute files (:class:`_AttributeStager`), or None. Their
+        ids without events are written too; their values win over the log's rows.
 
     Returns:
       ``(events, items, users)`` with the canonical columns.
@@ -900,30 +1016,88 @@ def _finish(staged: _Staged, report: ImportReport
     if features.EVENT_ID not in events:
         events[features.EVENT_ID] = [truth_lib.EVENT_ID_FORMAT.format(n)
                                      for n in range(len(events))]
-    item_ids = pd.unique(events[features.ITEM_ID])
+    item_ids = _ids_with_attribute_file(pd.unique(events[features.ITEM_ID]), item_table,
+                                        features.ITEM_ID, report)
     items = pd.DataFrame({features.ITEM_ID: item_ids})
     rows = staged.item_rows
     for field, kind in ((features.CATEGORY, "conflicting_item_category"),
                         (features.BRAND, "conflicting_item_brand")):
         chosen = _resolve(rows, features.ITEM_ID, field, rows[field] != UNKNOWN, kind, report)
+        if item_table is not None and field in item_table:
+            chosen = _override(chosen, item_table, features.ITEM_ID, field,
+                               item_table[field] != UNKNOWN, report)
         items[field] = items[features.ITEM_ID].map(chosen).fillna(UNKNOWN)
     prices = _resolve(rows, features.ITEM_ID, features.PRICE, rows[features.PRICE].notna(),
                       "conflicting_item_price", report)
+    if item_table is not None and features.PRICE in item_table:
+        prices = _override(prices, item_table, features.ITEM_ID, features.PRICE,
+                           item_table[features.PRICE].notna(), report)
     items[features.PRICE] = items[features.ITEM_ID].map(prices).astype(float)
     _fill_prices(items, report)
-    user_ids = pd.unique(events[features.USER_ID])
+    user_ids = _ids_with_attribute_file(pd.unique(events[features.USER_ID]), user_table,
+                                        features.USER_ID, report)
     users = pd.DataFrame({features.USER_ID: user_ids})
     urows = staged.user_rows
     age_groups = _resolve(urows, features.USER_ID, features.AGE_GROUP, urows[features.AGE_GROUP]
                           != "", "conflicting_user_age_group", report)
+    if user_table is not None and features.AGE_GROUP in user_table:
+        age_groups = _override(age_groups, user_table, features.USER_ID, features.AGE_GROUP,
+                               user_table[features.AGE_GROUP] != "", report)
     users[features.AGE_GROUP] = users[features.USER_ID].map(age_groups).fillna(UNKNOWN)
+    if user_table is not None and features.AGE_GROUP in user_table:
+        report.present_fields[features.AGE_GROUP] = report_lib.PRESENT
     unknown_ages = int((users[features.AGE_GROUP] == UNKNOWN).sum())
     report.fields.setdefault(features.AGE_GROUP, {})["users_unknown"] = unknown_ages
     for field in (features.CATEGORY, features.BRAND):
+        if item_table is not None and field in item_table:
+            report.present_fields[field] = report_lib.PRESENT
         report.fields.setdefault(field, {})["items_unknown"] = int((items[field] == UNKNOWN).sum())
     report.events_written, report.items_written, report.users_written = (
         len(events), len(items), len(users))
     return events, items, users
+
+
+def _ids_with_attribute_file(log_ids: np.ndarray, table: pd.DataFrame | None, key: str,
+                             report: ImportReport) -> np.ndarray:
+    """The log's ids (first-seen order), then the attribute file's ids without events.
+
+    Counts the log's ids that the file lacks and the file's ids without events.
+    """
+    if table is None:
+        return log_ids
+    path, unit = table.attrs["path"], "items" if key == features.ITEM_ID else "users"
+    in_file = table[key].to_numpy(dtype=object)
+    lacking = log_ids[~np.isin(log_ids, in_file)]
+    report.add(f"{unit[:-1]}_without_attributes", len(lacking),
+               "its attributes come from the log's rows (else the defaults)",
+               [{"file": path, "row": None, "id": _plain(i), "field": key} for i in
+                lacking[:report_lib.MAX_EXAMPLES]])
+    extra = table.loc[~np.isin(in_file, log_ids)]
+    report.add(f"{unit[:-1]}_without_events", len(extra),
+               "written to the canonical file: it exists, with no history",
+               [{"file": path, "row": _plain(r), "id": _plain(i), "field": key}
+                for i, r in zip(extra[key].head(report_lib.MAX_EXAMPLES),
+                                extra[_ROW].head(report_lib.MAX_EXAMPLES))])
+    return np.concatenate([log_ids, extra[key].to_numpy(dtype=object)])
+
+
+def _override(chosen: pd.Series, table: pd.DataFrame, key: str, field: str, valid: pd.Series,
+              report: ImportReport) -> pd.Series:
+    """Key -> value: the attribute file's valid values, else ``chosen`` (from the log's rows).
+
+    Counts the keys where both have a value and they differ.
+    """
+    from_file = table.loc[valid.to_numpy(), [key, field, _ROW]].set_index(key)
+    both = from_file.index.intersection(chosen.index)
+    differ = both[(from_file.loc[both, field] != chosen.loc[both]).to_numpy()]
+    report.add("attribute_file_overrides_events", len(differ),
+               "the attribute file's value is written; the log rows' value is discarded",
+               [{"file": table.attrs["path"], "row": _plain(from_file.loc[i, _ROW]),
+                 "id": _plain(i), "field": field,
+                 "values": {"file": _plain(from_file.loc[i, field]), "log": _plain(chosen.loc[i])}}
+                for i in differ[:report_lib.MAX_EXAMPLES]])
+    kept = chosen[~chosen.index.isin(from_file.index)]
+    return pd.concat([kept, from_file[field]])
 
 
 def _settle_sessions(events: pd.DataFrame, report: ImportReport) -> np.ndarray:
@@ -1038,7 +1212,8 @@ def _write(events: pd.DataFrame, items: pd.DataFrame, users: pd.DataFrame, out_d
 # Entry points.
 # ---------------------------------------------------------------------------------------------
 def import_logs(source: str, input_path: str, out_dir: str, mapping: dict | None = None,
-                strict: bool = False) -> ImportReport:
+                strict: bool = False, items_path: str | None = None,
+                users_path: str | None = None) -> ImportReport:
     """Imports logs into the canonical files in ``out_dir`` and writes ``import_report.json``.
 
     Args:
@@ -1049,6 +1224,11 @@ def import_logs(source: str, input_path: str, out_dir: str, mapping: dict | None
       mapping: for ``csv``/``parquet``, a mapping dict (see :func:`load_mapping`); None takes
         columns that already have canonical names.
       strict: fail instead of refusing a row, discarding a value or resolving a conflict.
+      items_path, users_path: for ``csv``/``parquet``, an item attribute file (``item_id`` and
+        any of category, brand, price) and a user attribute file (``user_id``, ``age_group``),
+        CSV or ``.parquet``, one row per id, columns named by the mapping's ``item_columns`` and
+        ``user_columns``. Their ids without events are written too, and their values win over
+        the log's rows (docs/own_logs.md).
 
     Returns:
       The report, also written to ``out_dir/import_report.json``.
@@ -1061,7 +1241,11 @@ def import_logs(source: str, input_path: str, out_dir: str, mapping: dict | None
     """
     if source not in SOURCES:
         raise ValueError(f"source {source!r}: use one of {', '.join(SOURCES)}")
+    if (items_path or users_path) and source not in ("csv", "parquet"):
+        raise MappingError(f"{source} reads its own attribute files; --items and --users are for "
+                           "csv and parquet")
     report = ImportReport(source=source, input_path=input_path, out_dir=out_dir)
+    item_table = user_table = None
     if source == "amazon-beauty":
         if mapping is not None:
             raise MappingError("amazon-beauty takes no mapping: its rules are fixed")
@@ -1083,7 +1267,13 @@ def import_logs(source: str, input_path: str, out_dir: str, mapping: dict | None
         else:
             frame, rows, header = _read_csv(input_path, parsed, report)
         staged = _TableStager(frame, rows, header, parsed, report).stage()
-    events, items, users = _finish(staged, report)
+        if items_path:
+            item_table = _read_attribute_file(items_path, ITEM_ATTRIBUTE_FIELDS,
+                                              parsed.item_columns, parsed, report)
+        if users_path:
+            user_table = _read_attribute_file(users_path, USER_ATTRIBUTE_FIELDS,
+                                              parsed.user_columns, parsed, report)
+    events, items, users = _finish(staged, report, item_table, user_table)
     if strict and report.strict_violations():
         raise ImportDataError(report.strict_message())
     _write(events, items, users, out_dir, report)
@@ -1105,6 +1295,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--input", required=True, help="the log file (or Amazon Beauty folder)")
     parser.add_argument("--mapping", help="column mapping YAML for csv/parquet (see "
                                           "examples/mappings/); default: canonical column names")
+    parser.add_argument("--items", help="csv/parquet only: an item attribute file (item_id and "
+                                        "any of category, brand, price; CSV or .parquet; columns "
+                                        "named by the mapping's item_columns); its items without "
+                                        "events are written too")
+    parser.add_argument("--users", help="csv/parquet only: a user attribute file (user_id, "
+                                        "age_group; columns named by the mapping's user_columns)")
     parser.add_argument("--out", required=True, help="output folder (created if missing)")
     parser.add_argument("--strict", action="store_true",
                         help="exit with an error instead of refusing a row, discarding a value "
@@ -1119,9 +1315,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.mapping and args.source not in ("csv", "parquet"):
         parser.error(f"--mapping is for csv and parquet; {args.source} has its rules built in")
+    if (args.items or args.users) and args.source not in ("csv", "parquet"):
+        parser.error(f"--items and --users are for csv and parquet; {args.source} reads its own")
     try:
         mapping = load_mapping(args.mapping) if args.mapping else None
-        report = import_logs(args.source, args.input, args.out, mapping, strict=args.strict)
+        report = import_logs(args.source, args.input, args.out, mapping, strict=args.strict,
+                             items_path=args.items, users_path=args.users)
     except MappingError as error:
         parser.error(str(error))  # exits with status 2 and the usage
     except ImportDataError as error:

@@ -441,3 +441,108 @@ def test_amazon_beauty_leave_one_out():
     assert len({item for items in sequences.values() for item in items}) == 12_101
     user = next(iter(sequences))
     assert train[user] + [valid[user], test[user]] == sequences[user]
+
+
+# ---------------------------------------------------------------------------------------------
+# Separate item and user attribute files.
+# ---------------------------------------------------------------------------------------------
+LOG_CSV = """\
+user_id,item_id,timestamp,category,price
+u1,A,100,shoes,10.0
+u1,B,200,,7.0
+u2,A,300,shoes,10.0
+"""
+ITEMS_CSV = """\
+sku,kind,maker,cost
+A,boots,acme,12.5
+C,hats,hatco,3.0
+"""
+USERS_CSV = """\
+user_id,age_group
+u1,25-34
+u3,55+
+"""
+ATTRIBUTE_MAPPING = {"item_columns": {"sku": F.ITEM_ID, "kind": F.CATEGORY, "maker": F.BRAND,
+                                      "cost": F.PRICE}}
+
+
+def _import_with_attributes(tmp_path: pathlib.Path, items: str = ITEMS_CSV, users: str = USERS_CSV,
+                            strict: bool = False):
+    out = tmp_path / "out"
+    report = importer.import_logs(
+        "csv", write(tmp_path / "log.csv", LOG_CSV), str(out), ATTRIBUTE_MAPPING, strict=strict,
+        items_path=write(tmp_path / "items.csv", items), users_path=write(tmp_path / "users.csv", users))
+    return out, report
+
+
+def test_attribute_files_add_items_and_users_without_events_and_win_over_the_log(tmp_path):
+    out, report = _import_with_attributes(tmp_path)
+    assert_pipeline_accepts(out)
+    _, items, users = read_frames(out)
+    assert items.to_dict("records") == [
+        {F.ITEM_ID: "A", F.CATEGORY: "boots", F.BRAND: "acme", F.PRICE: "12.5"},  # the file wins
+        {F.ITEM_ID: "B", F.CATEGORY: UNKNOWN, F.BRAND: UNKNOWN, F.PRICE: "7.0"},  # the log's row
+        {F.ITEM_ID: "C", F.CATEGORY: "hats", F.BRAND: "hatco", F.PRICE: "3.0"},  # no events
+    ]
+    assert users.to_dict("records") == [{F.USER_ID: "u1", F.AGE_GROUP: "25-34"},
+                                        {F.USER_ID: "u2", F.AGE_GROUP: UNKNOWN},
+                                        {F.USER_ID: "u3", F.AGE_GROUP: "55+"}]
+    assert (report.count("item_without_events"), report.count("user_without_events")) == (1, 1)
+    assert (report.count("item_without_attributes"), report.count("user_without_attributes")) == (1, 1)
+    overridden = report.problems["attribute_file_overrides_events"]
+    assert overridden.count == 2  # A's category and price
+    assert {e["field"]: e["values"] for e in overridden.examples} == {
+        F.CATEGORY: {"file": "boots", "log": "shoes"}, F.PRICE: {"file": 12.5, "log": 10.0}}
+    assert (report.rows_read, report.events_written, report.items_written, report.users_written) == (
+        3, 3, 3, 3)
+    on_disk = json.loads((out / REPORT_FILE).read_text())["attribute_files"]
+    assert on_disk[str(tmp_path / "items.csv")] == {"holds": "items", "location_unit": "line",
+                                                     "rows_read": 2, "rows_refused": 0, "rows_kept": 2}
+
+
+def test_a_bad_attribute_row_is_refused_naming_the_file_and_line(tmp_path):
+    items = ITEMS_CSV + 'A,boots,acme,12.5\n"D,x",hats,hatco,1.0\nE,hats,hatco,-2\n'
+    out, report = _import_with_attributes(tmp_path, items=items)
+    _, frame, _ = read_frames(out)
+    assert list(frame[F.ITEM_ID]) == ["A", "B", "C", "E"]  # D refused, E kept without a price
+    assert report.problems["duplicate_attribute_row"].examples[0]["row"] == 4
+    assert report.problems["invalid_id"].examples[0] == {
+        "file": str(tmp_path / "items.csv"), "row": 5, "field": F.ITEM_ID, "column": "sku",
+        "value": "D,x"}
+    assert report.count("non_positive_price") == 1
+    assert report.rows_refused == 0  # the log's rows: none refused
+    with pytest.raises(ImportDataError, match=r"items\.csv, line 2, field 'category', id 'A': the "
+                                              r"attribute file and the log's rows disagree.*"
+                                              r"duplicate_attribute_row: 1 rows refused"):
+        _import_with_attributes(tmp_path, items=items, strict=True)
+
+
+@pytest.mark.parametrize("items, message", [
+    ("name,kind\nA,boots\n", r"items\.csv: missing the id column 'sku'"),
+    ("sku,kind\nA,boots\n", r"items\.csv: the mapping names column\(s\) the file does not have: "
+                            r"brand \(column 'maker'\), price \(column 'cost'\)"),
+])
+def test_an_attribute_file_without_its_columns_is_an_error(tmp_path, items, message):
+    with pytest.raises(ImportDataError, match=message):
+        _import_with_attributes(tmp_path, items=items)
+    assert not (tmp_path / "out" / F.ITEMS_FILE).exists()
+
+
+def test_attribute_files_in_parquet_and_on_the_command_line(tmp_path, capsys):
+    pd.DataFrame({"user_id": ["u1", "u9"], "age_group": ["25-34", "18-24"]}).to_parquet(
+        tmp_path / "users.parquet")
+    out = tmp_path / "out"
+    status = importer.main(["--source", "csv", "--input", write(tmp_path / "log.csv", LOG_CSV),
+                            "--users", str(tmp_path / "users.parquet"), "--out", str(out)])
+    assert status == 0
+    assert "users file" in capsys.readouterr().out
+    _, _, users = read_frames(out)
+    assert list(users[F.USER_ID]) == ["u1", "u2", "u9"]
+    with pytest.raises(SystemExit):
+        importer.main(["--source", "rees46", "--input", "x.csv", "--items", "i.csv", "--out", str(out)])
+    assert "--items and --users are for csv and parquet" in capsys.readouterr().err
+
+
+def test_malformed_attribute_mapping_is_refused():
+    with pytest.raises(MappingError, match=r"item_columns: 'x' -> 'age_group': not a canonical field"):
+        importer.parse_mapping({"item_columns": {"x": F.AGE_GROUP}})
