@@ -148,6 +148,7 @@ def power_study(sim: ShopSimulator, control: policies.Policy, runs: int,
                          f" {sim.truth.n_users} users")
     detected, lifts, began = 0, [], time.perf_counter()
     variances: dict[str, list[float]] = {"control": [], "treatment": []}
+    differences, standard_errors, control_ctrs = [], [], []
     for run in range(runs):
         participants = rng.choice(sim.truth.n_users, size=2 * n_per_arm, replace=False)
         metrics, _, _ = _run_two_arm(sim, control, control, participants, f"power-{seed}-{run}",
@@ -155,12 +156,17 @@ def power_study(sim: ShopSimulator, control: policies.Policy, runs: int,
         result = analysis.compare("ctr", metrics["control"], metrics["treatment"], ALPHA)
         detected += result.p_value < ALPHA and result.difference > 0
         lifts.append(result.relative_lift)
+        differences.append(result.difference)
+        standard_errors.append((result.ci_high - result.ci_low) / (2 * scipy_stats.norm.ppf(1 - ALPHA / 2)))
+        control_ctrs.append(result.control)
         for arm in variances:
             _, arm_variance = stats.delta_ratio(metrics[arm].clicks, metrics[arm].impressions)
             variances[arm].append(arm_variance * len(metrics[arm]))
     measured = detected / runs
     control_variance = float(np.mean(variances["control"]))
     measured_treatment_variance = float(np.mean(variances["treatment"]))
+    mean_se = float(np.mean(standard_errors))
+    z_alpha = scipy_stats.norm.ppf(1 - ALPHA / 2)
     return {
         "scale": {"experiments": runs, "pilot_participants": pilot_users,
                   "participants_per_experiment": 2 * n_per_arm, "periods": PERIODS,
@@ -180,6 +186,14 @@ def power_study(sim: ShopSimulator, control: policies.Policy, runs: int,
                                            measured_treatment_variance),
             "at_equal_variance_n": stats.power(control_variance, n_equal_variances, effect, ALPHA,
                                                measured_treatment_variance)},
+        "runs_difference": {
+            "mean": float(np.mean(differences)), "planned_effect": effect,
+            "empirical_sd_across_runs": float(np.std(differences, ddof=1)),
+            "mean_delta_method_se": mean_se,
+            "sd_to_se_ratio": float(np.std(differences, ddof=1) / mean_se),
+            "mean_control_ctr": float(np.mean(control_ctrs))},
+        "predicted_power_from_runs_difference_and_se": float(
+            scipy_stats.norm.sf(z_alpha - np.mean(differences) / mean_se)),
         "measured_power": measured,
         "measured_power_wilson_95ci": _binomial_ci(detected, runs),
         "mean_measured_relative_lift": float(np.mean(lifts)),
