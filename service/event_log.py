@@ -14,7 +14,10 @@ Command line::
 
 ``export`` writes ``events.csv`` (clicks, carts, purchases; with ``--base_data_dir``, merged into
 that shop's events and sorted by time, with its ``items.csv`` and ``users.csv`` and any new users
-added) and ``impressions.csv`` (impressions with their request ids, for attribution). Then
+added) and ``impressions.csv`` (impressions with their request ids, for attribution). When the
+log holds experiment exposures (``/recommend`` answers an experiment decided), it also writes
+``exposures.csv`` (``experiments.exposure``) and ``attributed_events.csv`` (every logged event
+with its request id), which ``python -m experiments.analyze EXPERIMENT --events DIR`` reads. Then
 ``python -m pipeline.local_runner --data_dir DIR`` retrains on it.
 """
 
@@ -34,6 +37,8 @@ from collections.abc import Iterator, Sequence
 
 import pandas as pd
 
+from experiments import exposure as exposure_lib
+from experiments.exposure import Exposure
 from shoprec import features
 from shoprec.data import canonical
 
@@ -57,6 +62,20 @@ CREATE TABLE IF NOT EXISTS events (
 """
 _COLUMNS = (features.EVENT_ID, features.USER_ID, features.ITEM_ID, features.EVENT_TYPE, features.TIMESTAMP,
             features.SESSION_ID, REQUEST_ID)
+# One row per /recommend answer an experiment decided (experiments.exposure): its arm and propensity.
+_EXPOSURE_SCHEMA = f"""
+CREATE TABLE IF NOT EXISTS exposures (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    {exposure_lib.REQUEST_ID} TEXT NOT NULL UNIQUE,
+    {features.USER_ID} TEXT NOT NULL,
+    {exposure_lib.EXPERIMENT} TEXT NOT NULL,
+    {exposure_lib.ARM} TEXT NOT NULL,
+    {exposure_lib.SCENE} TEXT NOT NULL,
+    {features.TIMESTAMP} INTEGER NOT NULL,
+    {exposure_lib.PROPENSITY} REAL NOT NULL,
+    received_at REAL NOT NULL
+)
+"""
 
 
 class ExportError(ValueError):
@@ -144,6 +163,23 @@ class EventLog(abc.ABC):
         """
 
     @abc.abstractmethod
+    def append_exposures(self, exposures: Sequence[Exposure], received_at: float) -> list[bool]:
+        """Logs experiment exposures durably, all or none, with the guarantee of ``append``: an
+        exposure is acknowledged only once it will survive a crash. A re-sent ``request_id`` is
+        a no-op.
+
+        Returns:
+          Per exposure, whether it was new.
+
+        Raises:
+          EventLogError: nothing of these exposures was logged.
+        """
+
+    @abc.abstractmethod
+    def exposures(self) -> Iterator[Exposure]:
+        """Logged exposures in the order they were accepted."""
+
+    @abc.abstractmethod
     def counts(self) -> dict[str, int]:
         """Number of logged events per event type."""
 
@@ -172,6 +208,7 @@ class _Pending:
 
     events: Sequence[LoggedEvent]
     received_at: float
+    exposures: Sequence[Exposure] = ()
     inserted: list[bool] | None = None
     error: EventLogError | None = None
     done: bool = False
@@ -231,6 +268,7 @@ class SqliteEventLog(EventLog):
                 raise EventLogError(f"event log {self.path}: PRAGMA synchronous={self.synchronous} "
                                     f"did not take (it reads {level})")
             connection.execute(_SCHEMA)
+            connection.execute(_EXPOSURE_SCHEMA)
         except BaseException:
             connection.close()
             raise
@@ -258,7 +296,15 @@ class SqliteEventLog(EventLog):
           EventLogError: the write failed; nothing of this request's events was logged.
             ``rejected`` says whether this request's own rows were the cause.
         """
-        pending = _Pending(events, received_at)
+        return self._submit(_Pending(events, received_at))
+
+    def append_exposures(self, exposures: Sequence[Exposure], received_at: float) -> list[bool]:
+        """Commits exposures durably, in the same group commit as events; see
+        :meth:`EventLog.append_exposures`."""
+        return self._submit(_Pending((), received_at, exposures=exposures))
+
+    def _submit(self, pending: _Pending) -> list[bool]:
+        """Queues one request's rows for the next group commit and waits for its outcome."""
         with self._queue_changed:
             self._queue.append(pending)
             while not pending.done:
@@ -290,6 +336,10 @@ class SqliteEventLog(EventLog):
         placeholders = ", ".join("?" * (len(_COLUMNS) + 1))
         statement = (f"INSERT INTO events ({', '.join(_COLUMNS)}, received_at) VALUES ({placeholders}) "
                      f"ON CONFLICT({features.EVENT_ID}) DO NOTHING")  # only a repeated id is skipped
+        exposure_statement = (
+            f"INSERT INTO exposures ({', '.join(exposure_lib.EXPOSURE_COLUMNS)}, received_at) "
+            f"VALUES ({', '.join('?' * (len(exposure_lib.EXPOSURE_COLUMNS) + 1))}) "
+            f"ON CONFLICT({exposure_lib.REQUEST_ID}) DO NOTHING")
         results: dict[int, list[bool]] = {}
         errors: dict[int, EventLogError] = {}
         with self._lock:
@@ -304,7 +354,15 @@ class SqliteEventLog(EventLog):
                                 cursor = self._connection.execute(
                                     statement, (*dataclasses.astuple(event), pending.received_at))
                             except _ROW_ERRORS as err:
-                                raise _RowError(number, event, err) from err
+                                raise _RowError(f"event {number} (event_id {event.event_id!r})", err) from err
+                            inserted.append(cursor.rowcount == 1)
+                        for number, exposure in enumerate(pending.exposures):
+                            try:
+                                cursor = self._connection.execute(
+                                    exposure_statement, (*exposure.row(), pending.received_at))
+                            except _ROW_ERRORS as err:
+                                raise _RowError(f"exposure {number} (request_id {exposure.request_id!r})",
+                                                err) from err
                             inserted.append(cursor.rowcount == 1)
                         results[index] = inserted
                     except _RowError as err:
@@ -351,6 +409,14 @@ class SqliteEventLog(EventLog):
             self.stats.failed_requests += 1
             pending.done = True
 
+    def exposures(self) -> Iterator[Exposure]:
+        """Logged exposures in the order they were accepted."""
+        with self._lock:
+            rows = self._connection.execute(
+                f"SELECT {', '.join(exposure_lib.EXPOSURE_COLUMNS)} FROM exposures ORDER BY seq").fetchall()
+        for row in rows:
+            yield Exposure(*row)
+
     def counts(self) -> dict[str, int]:
         """Number of logged events per event type."""
         with self._lock:
@@ -387,9 +453,8 @@ class SqliteEventLog(EventLog):
 class _RowError(Exception):
     """One event of a request could not be written (internal to the group commit)."""
 
-    def __init__(self, number: int, event: LoggedEvent, cause: BaseException) -> None:
-        super().__init__(f"event {number} (event_id {event.event_id!r}) cannot be logged: "
-                         f"{type(cause).__name__}: {cause}")
+    def __init__(self, what: str, cause: BaseException) -> None:
+        super().__init__(f"{what} cannot be logged: {type(cause).__name__}: {cause}")
         self.cause = cause
 
 
@@ -428,7 +493,7 @@ def export(log_path: str, out_dir: str, base_data_dir: str | None = None) -> dic
 
     Returns:
       Counts: ``events`` (rows of events.csv), ``logged_events`` (of them, from the log),
-      ``impressions``, ``new_users``.
+      ``impressions``, ``new_users``, and ``exposures`` when the log has any.
 
     Raises:
       ExportError: the log is missing, or it refers to items the base shop lacks.
@@ -438,6 +503,7 @@ def export(log_path: str, out_dir: str, base_data_dir: str | None = None) -> dic
     log = open_event_log(log_path)
     try:
         logged = pd.DataFrame([dataclasses.asdict(event) for event in log.events()], columns=list(_COLUMNS))
+        exposures = list(log.exposures())
     finally:
         log.close()
     event_columns = [column.name for column in features.EVENT_COLUMNS]
@@ -468,6 +534,11 @@ def export(log_path: str, out_dir: str, base_data_dir: str | None = None) -> dic
     files[features.EVENTS_FILE] = events.iloc[order]
     files[IMPRESSIONS_FILE] = impressions.drop(columns=[features.EVENT_TYPE])
     summary["events"] = len(events)
+    if exposures:  # an experiment ran: its exposures, and every event with its request id
+        files[exposure_lib.EXPOSURES_FILE] = pd.DataFrame([exposure.row() for exposure in exposures],
+                                                          columns=list(exposure_lib.EXPOSURE_COLUMNS))
+        files[exposure_lib.ATTRIBUTED_EVENTS_FILE] = logged
+        summary["exposures"] = len(exposures)
 
     os.makedirs(out_dir, exist_ok=True)
     staging = tempfile.mkdtemp(prefix=".export-", dir=out_dir)

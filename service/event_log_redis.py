@@ -15,7 +15,9 @@ Keys (prefix ``shoprec:eventlog`` by default):
 
 * ``{prefix}:stream``: the stream, one entry per event, fields as in the SQLite table;
 * ``{prefix}:ids``: a hash event_id -> stream entry id (the idempotency index);
-* ``{prefix}:counts``: a hash event_type -> number of logged events.
+* ``{prefix}:counts``: a hash event_type -> number of logged events;
+* ``{prefix}:exposures``: the experiment exposures (``experiments.exposure``), one entry each;
+* ``{prefix}:exposure_ids``: a hash request_id -> exposure entry id (their idempotency index).
 
 One request's events are written by one Lua script, which Redis runs atomically. The script
 checks every argument before its first write, so it cannot fail half way (Redis does not roll a
@@ -31,6 +33,8 @@ from collections.abc import Iterator, Sequence
 
 import redis
 
+from experiments import exposure as exposure_lib
+from experiments.exposure import Exposure
 from service.event_log import (
     _COLUMNS,
     CommitStats,
@@ -84,6 +88,44 @@ return result
 """
 
 
+# KEYS: exposure stream, exposure ids. ARGV: fields per exposure, then the exposures' fields
+# flattened in EXPOSURE_COLUMNS order + received_at. Returns one 1/0 per exposure.
+_EXPOSURE_SCRIPT = """
+local per = tonumber(ARGV[1])
+local n = (#ARGV - 1) / per
+if n ~= math.floor(n) then return redis.error_reply('ERR malformed arguments') end
+for i = 0, n - 1 do
+  if ARGV[2 + i * per] == '' then return redis.error_reply('ERR exposure ' .. i .. ': empty request_id') end
+end
+local result = {}
+local seen = {}
+for i = 0, n - 1 do
+  local base = 1 + i * per
+  local request_id = ARGV[base + 1]
+  if seen[request_id] or redis.call('HEXISTS', KEYS[2], request_id) == 1 then
+    result[i + 1] = 0
+  else
+    seen[request_id] = true
+    local fields = {}
+    for f = 1, per do
+      fields[#fields + 1] = FIELD_NAMES[f]
+      fields[#fields + 1] = ARGV[base + f]
+    end
+    local entry = redis.call('XADD', KEYS[1], '*', unpack(fields))
+    redis.call('HSET', KEYS[2], request_id, entry)
+    result[i + 1] = 1
+  end
+end
+return result
+"""
+_EXPOSURE_FIELDS = (*exposure_lib.EXPOSURE_COLUMNS, RECEIVED_AT)
+
+
+def _exposure_script() -> str:
+    names = ", ".join(f"'{name}'" for name in _EXPOSURE_FIELDS)
+    return f"local FIELD_NAMES = {{{names}}}\n" + _EXPOSURE_SCRIPT
+
+
 def _script() -> str:
     names = ", ".join(f"'{name}'" for name in (*_COLUMNS, RECEIVED_AT))
     return f"local FIELD_NAMES = {{{names}}}\n" + _APPEND_SCRIPT
@@ -120,10 +162,12 @@ class RedisStreamEventLog(EventLog):
         self._client = redis.Redis.from_url(url, socket_timeout=timeout_seconds,
                                             socket_connect_timeout=timeout_seconds, decode_responses=True)
         self._keys = (f"{prefix}:stream", f"{prefix}:ids", f"{prefix}:counts")
+        self._exposure_keys = (f"{prefix}:exposures", f"{prefix}:exposure_ids")
         self.stats = CommitStats()
         self._stats_lock = threading.Lock()
         self._durability = self._check_durability()
         self._append = self._client.register_script(_script())
+        self._append_exposures = self._client.register_script(_exposure_script())
 
     def _check_durability(self) -> str:
         try:
@@ -163,6 +207,45 @@ class RedisStreamEventLog(EventLog):
                                 f"the request is not acknowledged: {err}") from err
         self._count(failed=False)
         return [bool(flag) for flag in inserted]
+
+    def append_exposures(self, exposures: Sequence[Exposure], received_at: float) -> list[bool]:
+        """Logs exposures in one atomic script; see :meth:`EventLog.append_exposures`."""
+        if not exposures:
+            return []
+        arguments: list[str | int] = [len(_EXPOSURE_FIELDS)]
+        for exposure in exposures:
+            arguments.extend(repr(value) if isinstance(value, float) else str(value) for value in exposure.row())
+            arguments.append(repr(received_at))
+        try:
+            inserted = self._append_exposures(keys=list(self._exposure_keys), args=arguments)
+        except redis.ResponseError as err:
+            self._count(failed=True)
+            raise EventLogError(f"event log {self.location}: the exposures were refused, nothing was logged: "
+                                f"{err}", rejected=True) from err
+        except redis.RedisError as err:
+            self._count(failed=True)
+            raise EventLogError(f"event log {self.location}: the exposure write failed or its outcome is "
+                                f"unknown, the request is not acknowledged: {err}") from err
+        self._count(failed=False)
+        return [bool(flag) for flag in inserted]
+
+    def exposures(self) -> Iterator[Exposure]:
+        """Logged exposures in stream order, read in pages of 1,000 entries."""
+        start = "-"
+        while True:
+            try:
+                page = self._client.xrange(self._exposure_keys[0], min=start, max="+", count=_SCAN_COUNT)
+            except redis.RedisError as err:
+                raise EventLogError(f"event log {self.location}: cannot read the exposures: {err}") from err
+            for _entry_id, fields in page:
+                yield Exposure(
+                    request_id=fields[exposure_lib.REQUEST_ID], user_id=fields[features.USER_ID],
+                    experiment=fields[exposure_lib.EXPERIMENT], arm=fields[exposure_lib.ARM],
+                    scene=fields[exposure_lib.SCENE], timestamp=int(fields[features.TIMESTAMP]),
+                    propensity=float(fields[exposure_lib.PROPENSITY]))
+            if len(page) < _SCAN_COUNT:
+                return
+            start = "(" + page[-1][0]
 
     def _count(self, failed: bool) -> None:
         with self._stats_lock:

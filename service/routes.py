@@ -2,19 +2,23 @@
 
 from __future__ import annotations
 
+import asyncio
+import dataclasses
 import logging
 import time
 import uuid
-from typing import Annotated
+from typing import Annotated, Any
 
 import fastapi
 import orjson
 from fastapi import Body, Header
 from fastapi.responses import PlainTextResponse
 
+from experiments.exposure import Exposure
 from service.components import Components
 from service.errors import ApiError, ErrorResponse
 from service.event_log import EventLogError, LoggedEvent
+from service.experiments import Decision, LiveExperiments
 from service.feature_store import FeatureStoreError, UserEvent
 from service.schemas import (
     EventBatch,
@@ -26,14 +30,16 @@ from service.schemas import (
 )
 from service.strategy.context import SessionEvent
 from service.strategy.metrics import CONTENT_TYPE
-from service.strategy.service import RecommendRequest
+from service.strategy.service import Recommendation, RecommendRequest
 from shoprec import features
 
 _log = logging.getLogger("service.routes")
 
 
-def build_router(components: Components) -> fastapi.APIRouter:
-    """``POST /recommend``, ``POST /events``, ``GET /healthz`` and ``GET /metrics``."""
+def build_router(components: Components, experiments: LiveExperiments | None = None) -> fastapi.APIRouter:
+    """``POST /recommend``, ``POST /events``, ``GET /healthz`` and ``GET /metrics``; with
+    ``experiments``, ``/recommend`` answers from the request's arm and logs its exposure
+    (:mod:`service.experiments`)."""
     settings = components.settings
     service = components.service
     metrics = components.metrics
@@ -55,12 +61,38 @@ def build_router(components: Components) -> fastapi.APIRouter:
             current_item=body.context.current_item, cart_items=tuple(body.context.cart_items),
             diversity=body.diversity, min_price=body.filters.min_price, max_price=body.filters.max_price,
             exclude_ids=tuple(body.filters.exclude_ids), exclude_purchased=body.filters.exclude_purchased)
-        result = await service.recommend_async(request)
+        decision = experiments.decide(body.user_id, body.scene) if experiments is not None else None
+        result = await (service if decision is None else decision.service).recommend_async(request)
         # The dataclasses have RecommendResponse's fields; orjson writes them directly (no second
         # validation of our own output on the hot path).
-        content = orjson.dumps(result)
+        answer: dict[str, Any] = {field.name: getattr(result, field.name) for field in dataclasses.fields(result)}
+        answer.update(experiment=None, arm=None, propensity=None)
+        if decision is not None:
+            await log_exposure(decision, result, answer)
+        content = orjson.dumps(answer)
         metrics.recommend_latency.observe(time.perf_counter() - began, result.scene)
         return fastapi.Response(content, media_type="application/json")
+
+    async def log_exposure(decision: Decision, result: Recommendation, answer: dict[str, Any]) -> None:
+        """Commits the exposure (durably, before the answer); then the answer names the arm.
+
+        If the log refuses, the answer still goes out, without experiment and arm and with a
+        warning: that request is outside the experiment (the analysis never sees it).
+        """
+        now = time.time()
+        exposure = Exposure(result.request_id, result.user_id, decision.experiment, decision.arm, result.scene,
+                            int(now), decision.propensity)
+        try:
+            await asyncio.to_thread(components.event_log.append_exposures, [exposure], now)
+        except EventLogError as err:
+            _log.error("exposure of request %s not logged: %s", result.request_id, err)
+            metrics.degraded.inc("exposure_log")
+            answer["warnings"] = (*result.warnings, f"experiment {decision.experiment}: the exposure was not "
+                                                    f"logged, so this answer is outside the experiment: {err}")
+            return
+        assert experiments is not None
+        experiments.exposed(decision, result.request_id, result.scene)
+        answer.update(experiment=decision.experiment, arm=decision.arm, propensity=decision.propensity)
 
     def authorize(request: fastapi.Request,
                   authorization: Annotated[str | None, Header(description="Bearer <API key>, when keys are "
@@ -116,6 +148,8 @@ def build_router(components: Components) -> fastapi.APIRouter:
                 metrics.degraded.inc("feature_store")
         for event in fresh:
             metrics.events.inc(event.event_type)
+            if experiments is not None:
+                experiments.observe(event.request_id, event.event_type)
             attribution = service.responses.attribute(event.request_id, event.item_id) if service.responses else None
             if attribution is not None:
                 metrics.attributed_events.inc(attribution.scene, attribution.route, event.event_type)
