@@ -66,6 +66,7 @@ def create_app(components: Components) -> fastapi.FastAPI:
         error_response,
         validation_message,
     )
+    from service.experiments import build_live_experiments
     from service.routes import build_router
     from service.strategy.routing import UnknownSceneError
 
@@ -117,7 +118,7 @@ def create_app(components: Components) -> fastapi.FastAPI:
             message = f"{request.method} {request.url.path}: {error.detail}"
         return error_response(error.status_code, message, headers=error.headers)
 
-    app.include_router(build_router(components))
+    app.include_router(build_router(components, build_live_experiments(settings.experiments, components.service)))
     app.add_middleware(BodyLimitAndMetrics, max_body_bytes=settings.max_body_bytes, metrics=metrics)
     return app
 
@@ -155,7 +156,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         raise SystemExit(f"error: {err}") from err
     import uvicorn
 
+    from experiments.config import ExperimentConfigError
     from service.components import build_components
+    from service.experiments import load_experiment_configs
+
+    try:  # a malformed experiment file stops the start at once, naming the file and the field
+        configs = load_experiment_configs(settings.experiments)
+    except ExperimentConfigError as err:
+        raise SystemExit(f"error: {err}") from err
 
     exposure = check_exposure(settings)
     if exposure.startswith("WARNING"):
@@ -167,8 +175,15 @@ def main(argv: Sequence[str] | None = None) -> int:
               len(components.service.catalogue), json.dumps(sorted(components.service.routing.scenes)),
               components.feature_store.kind, components.event_log.kind, components.event_log.location,
               components.event_log.durability())
+    try:
+        app = create_app(components)
+    except ExperimentConfigError as err:  # e.g. an arm's routing table, a scene the table lacks
+        raise SystemExit(f"error: {err}") from err
+    if configs:
+        _log.info("experiments: %s", "; ".join(f"{config.name} ({config.allocation}, arms "
+                                              f"{', '.join(config.arm_names)}; {config.source})" for config in configs))
     server = uvicorn.Server(uvicorn.Config(
-        create_app(components), host=args.host, port=args.port, log_config=None, log_level="warning",
+        app, host=args.host, port=args.port, log_config=None, log_level="warning",
         access_log=False, http="httptools", loop="uvloop"))
     _log.info("serving on http://%s:%d", args.host, args.port)
     server.run()

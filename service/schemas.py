@@ -122,6 +122,10 @@ class RecommendResponse(BaseModel):
     items: list[RecommendedItemOut]
     ignored_context_items: list[str] = Field(description="Context item ids not in the catalogue.")
     warnings: list[str] = Field(description="Degradations: skipped routes, fallbacks, unavailable backends.")
+    experiment: str | None = Field(None, description="The experiment that decided this answer (null: none).")
+    arm: str | None = Field(None, description="The experiment's arm that answered (null: no experiment).")
+    propensity: float | None = Field(None, description="The probability the arm had for this request "
+                                                       "(its weight, or the bandit's allocation).")
 
 
 class EventIn(BaseModel):

@@ -21,6 +21,7 @@ DEFAULT_MAX_FUTURE_SKEW_SECONDS = 24 * 3600
 ENDPOINTS = ("/recommend", "/events", "/healthz", "/metrics")
 API_KEY_ENV = "SHOPREC_API_KEYS"  # comma-separated API keys (alternative to --api_key_file)
 LOOPBACK_HOSTS = ("127.0.0.1", "::1", "localhost")
+EXPERIMENTS_ENV = "SHOPREC_EXPERIMENTS"  # experiment file or folder (alternative to --experiments)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -46,6 +47,7 @@ class ServiceSettings:
     rate_limit_per_second: float = 200.0
     rate_limit_burst: int = 400
     allow_unauthenticated: bool = False
+    experiments: str | None = None
 
     @property
     def auth_required(self) -> bool:
@@ -106,6 +108,10 @@ def build_parser() -> argparse.ArgumentParser:
                         help="writes a key may make at once before the rate limit applies")
     parser.add_argument("--allow_unauthenticated", action="store_true",
                         help="serve writes without an API key on a non-loopback address (not recommended)")
+    parser.add_argument("--experiments", default=None,
+                        help=f"an experiment file or a folder of them (*.yaml, *.yml, *.json; see "
+                             f"docs/experiments.md): /recommend then assigns arms and logs exposures. "
+                             f"Alternatively ${EXPERIMENTS_ENV}")
     parser.add_argument("--log_level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     return parser
 
@@ -130,4 +136,5 @@ def settings_from_args(args: argparse.Namespace, environ: Mapping[str, str] | No
         max_future_skew_seconds=args.max_future_skew_seconds, host=args.host,
         api_keys=load_api_keys(args.api_key_file, os.environ if environ is None else environ),
         rate_limit_per_second=args.rate_limit_per_second, rate_limit_burst=args.rate_limit_burst,
-        allow_unauthenticated=args.allow_unauthenticated)
+        allow_unauthenticated=args.allow_unauthenticated,
+        experiments=args.experiments or (os.environ if environ is None else environ).get(EXPERIMENTS_ENV) or None)
