@@ -15,25 +15,17 @@ import argparse
 import os
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
 import threading
 import time
 from collections.abc import Sequence
 
-from bench.generate import machine_info, write_report
+from bench.generate import git_commit, machine_info, write_report
 from service.event_log import EventLog, LoggedEvent, SqliteEventLog
 from shoprec import features
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def git_commit() -> str:
-    """The checked-out commit (and '+dirty' when the tree has changes)."""
-    commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True).stdout.strip()
-    dirty = subprocess.run(["git", "status", "--porcelain"], cwd=REPO, capture_output=True, text=True).stdout.strip()
-    return commit + ("+dirty" if dirty else "")
 
 
 def run_level(log: EventLog, concurrency: int, seconds: float, events_per_request: int) -> dict[str, float | int]:

@@ -41,12 +41,36 @@ def _cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
+def git_commit() -> str:
+    """The checked-out commit (and '+dirty' when the tree has changes), or 'unknown'."""
+    def git(*args: str) -> str:
+        return subprocess.run(["git", *args], cwd=REPO, capture_output=True, text=True).stdout.strip()
+
+    commit = git("rev-parse", "HEAD")
+    return (commit + ("+dirty" if git("status", "--porcelain") else "")) if commit else "unknown"
+
+
 def write_report(report: dict, path: str) -> None:
-    """Writes a benchmark's report as indented JSON (creating its folder)."""
+    """Writes a benchmark's report as indented JSON (creating its folder).
+
+    A report without ``commit`` or ``command`` gets them here (the checked-out commit, and this
+    process's command line), so every recorded figure says what produced it.
+    """
+    report = {**report}
+    report.setdefault("commit", git_commit())
+    report.setdefault("command", " ".join(["python -m", _module_name(), *sys.argv[1:]]))
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     with open(path, "w", encoding="utf-8") as out:
         json.dump(report, out, indent=2)
         out.write("\n")
+
+
+def _module_name() -> str:
+    """``bench.x`` for ``python -m bench.x`` (or ``bench/x.py``), else the script's path."""
+    main = os.path.abspath(sys.argv[0]) if sys.argv and sys.argv[0] else ""
+    if main.startswith(REPO + os.sep) and main.endswith(".py"):
+        return os.path.relpath(main, REPO)[:-3].replace(os.sep, ".")
+    return main or "?"
 
 
 def machine_info() -> dict[str, object]:

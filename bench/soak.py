@@ -29,8 +29,7 @@ from collections.abc import Sequence
 import portpicker
 import psutil
 
-from bench.event_log import git_commit
-from bench.generate import machine_info, write_report
+from bench.generate import git_commit, machine_info, write_report
 from bench.recommend import (
     drive,
     model_ready_url,
