@@ -198,11 +198,15 @@ def power_study(sim: ShopSimulator, control: policies.Policy, runs: int,
         "measured_power_wilson_95ci": _binomial_ci(detected, runs),
         "mean_measured_relative_lift": float(np.mean(lifts)),
         "acceptance_power_>=0.80": measured >= 0.80,
-        "note": "the earlier calculator used the control's variance for both arms; under a +5%"
-                " multiplicative lift the treatment's per-user variance is larger (ratio above),"
-                " so it sized the test for about 79% power (the recorded 0.7975 at n = 4,863)."
-                " The calculator now takes the treatment's variance, (1.05)^2 the control's"
-                " (stats.treatment_variance_under_lift).",
+        "note": "the earlier calculator used the control's variance for both arms. Under a +5%"
+                " lift the treatment's per-user variance is larger (measured ratio above, about"
+                " 1 + lift: clicks are near-Bernoulli), so equal variances under-size the test;"
+                " the calculator now takes the treatment's variance as (1 + lift)^2 the"
+                " control's (stats.treatment_variance_under_lift), slightly conservative. The"
+                " measured power also depends on the runs' own baseline and variance (the pilot"
+                " is an estimate): predicted_power_from_runs_difference_and_se is what the"
+                " runs' mean difference and delta-method SE imply, and sd_to_se_ratio checks"
+                " that SE against the across-run SD.",
         "seconds": round(time.perf_counter() - began, 1),
     }
 
@@ -511,6 +515,7 @@ def _rerun_power(args: argparse.Namespace) -> int:
     import json
 
     began = time.perf_counter()
+    commit = _commit()  # the code that runs (HEAD may move on while it does)
     with open(args.out, encoding="utf-8") as handle:
         recorded = json.load(handle)
     shop = dataclasses.replace(ShopConfig(), users=recorded["shop"]["users"],
@@ -519,11 +524,13 @@ def _rerun_power(args: argparse.Namespace) -> int:
     result = power_study(sim, policies.PersonalizedPolicy(sim), args.power_runs, args.seed + 1)
     result["command"] = (f"python -m bench.experiments --only power --power-runs {args.power_runs}"
                          f" --seed {args.seed}")
-    result["commit"] = _commit()
+    result["commit"] = commit
     result["machine"] = machine_info()
-    result["previous_run"] = {key: recorded["power"].get(key) for key in (
+    previous = {key: recorded["power"].get(key) for key in (
         "calculator_sample_size_per_arm", "measured_power", "measured_power_wilson_95ci")}
-    result["previous_run"]["commit"] = recorded["commit"]
+    previous["experiments"] = recorded["power"]["scale"]["experiments"]
+    previous["commit"] = recorded["power"].get("commit", recorded["commit"])
+    result["previous_runs"] = [*recorded["power"].get("previous_runs", []), previous]
     recorded["power"] = result
     write_report(_plain(recorded), args.out)
     print("power", result["measured_power"], result["measured_power_wilson_95ci"],
