@@ -13,7 +13,7 @@ setuptools.setup(
     python_requires=">=3.11,<3.12",
     packages=setuptools.find_packages(include=["shoprec*", "components*", "pipeline*", "serving*", "service*",
                                                "experiments*", "ui*"]),
-    py_modules=["transform_module", "trainer_module"],
+    py_modules=["transform_module", "trainer_module", "ranking_transform_module", "ranking_trainer_module"],
     package_data={"pipeline": ["schema/*.pbtxt"]},
     install_requires=[
         "tensorflow==2.16.2",

@@ -10,7 +10,14 @@ from __future__ import annotations
 import argparse
 import dataclasses
 
-from shoprec.config import MODEL_NAME, EvalConfig, SplitConfig, TrainConfig
+from shoprec.config import (
+    MODEL_NAME,
+    RANKING_MODEL_NAME,
+    EvalConfig,
+    RankingConfig,
+    SplitConfig,
+    TrainConfig,
+)
 
 
 def parse_bool(text: str) -> bool:
@@ -46,6 +53,14 @@ def add_model_flags(parser: argparse.ArgumentParser) -> None:
                             "%(default)s, no tuning)")
     group.add_argument("--model_name", default=MODEL_NAME)
     group.add_argument("--no_cache", action="store_true", help="rerun every component")
+    ranking = parser.add_argument_group("ranking", "the ranking branch: DCN-v2 click and purchase model "
+                                                   "(docs/ranking.md)")
+    ranking.add_argument("--no_ranking", action="store_true", help="leave the ranking branch out")
+    for field in dataclasses.fields(RankingConfig):  # scalar fields, e.g. --ranking_epochs
+        if field.type in _FLAG_TYPES:
+            ranking.add_argument(f"--ranking_{field.name}", type=_FLAG_TYPES[field.type], default=field.default,
+                                 help=f"ranking {field.name} (default: %(default)s)")
+    ranking.add_argument("--ranking_model_name", default=RANKING_MODEL_NAME)
 
 
 def configs_from_flags(args: argparse.Namespace) -> tuple[SplitConfig, TrainConfig, EvalConfig]:
@@ -58,3 +73,15 @@ def configs_from_flags(args: argparse.Namespace) -> tuple[SplitConfig, TrainConf
     train = TrainConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)})
     evaluation = EvalConfig(min_blessing_value=args.min_ndcg, must_beat_popularity=not args.bless_below_popularity)
     return split, train, evaluation
+
+
+def ranking_config_from_flags(args: argparse.Namespace) -> RankingConfig | None:
+    """The ranking branch's config the flags describe; None with ``--no_ranking``.
+
+    Raises:
+      ValueError: a value RankingConfig refuses.
+    """
+    if args.no_ranking:
+        return None
+    return RankingConfig(**{f.name: getattr(args, f"ranking_{f.name}") for f in dataclasses.fields(RankingConfig)
+                            if f.type in _FLAG_TYPES})

@@ -97,6 +97,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                          f"formats), got {args.output!r}")
     try:
         split, train, evaluation = flags.configs_from_flags(args)
+        ranking = flags.ranking_config_from_flags(args)
         beam_args = beam.beam_args_from_flags(args, image=args.image)
     except ValueError as error:  # BeamConfigError is a ValueError
         raise SystemExit(f"bad flag: {error}") from None
@@ -125,6 +126,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         schema_path=schema_path,
         disabled_features=disabled,
         model_name=args.model_name,
+        ranking=ranking,
+        ranking_model_name=args.ranking_model_name,
         enable_cache=not args.no_cache,
         tuner_trials=args.tuner_trials,
     )

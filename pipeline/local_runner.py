@@ -48,6 +48,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         split, train, evaluation = flags.configs_from_flags(args)
+        ranking = flags.ranking_config_from_flags(args)
         # Beam's own option parsing imports Beam (and its noise): it runs below, inside the console.
         beam_args = beam.beam_pipeline_args(args.beam_runner, args.beam_workers, args.beam_arg, check=False)
         shop = ShopConfig(users=args.users, items=args.items, events=args.events, seed=args.seed)
@@ -93,6 +94,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             train=train,
             evaluation=evaluation,
             model_name=args.model_name,
+        ranking=ranking,
+        ranking_model_name=args.ranking_model_name,
             schema_path=schema.path,
             disabled_features=schema.disabled_features,
             enable_cache=not args.no_cache,

@@ -1,4 +1,5 @@
-"""The TFX pipeline: canonical shop files -> validated examples -> two-tower model -> serving dir.
+"""The TFX pipeline: canonical shop files -> validated examples -> two-tower model -> serving dir,
+and the ranking branch: impressions -> ranking examples -> DCN-v2 -> TFMA Evaluator -> serving dir.
 
 ``create_pipeline`` is pure: it only builds the component graph. Runners add paths, metadata and
 Beam arguments (see ``local_runner.py``).
@@ -6,21 +7,68 @@ Beam arguments (see ``local_runner.py``).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 
+import tensorflow_model_analysis as tfma
 from tfx import v1 as tfx
 
 from components.anomalies_gate import AnomaliesGate
 from components.events_example_gen import EventsExampleGen
+from components.ranking_example_gen import RankingExampleGen
 from components.retrieval_evaluator import RetrievalEvaluator
 from pipeline.run_schema import CURATED_SCHEMA
 from shoprec import features
-from shoprec.config import MODEL_NAME, EvalConfig, SplitConfig, TrainConfig
+from shoprec.config import (
+    MODEL_NAME,
+    RANKING_MODEL_NAME,
+    EvalConfig,
+    RankingConfig,
+    SplitConfig,
+    TrainConfig,
+)
 
 PREPROCESSING_FN = "transform_module.preprocessing_fn"
 RUN_FN = "trainer_module.run_fn"
 TUNER_FN = "trainer_module.tuner_fn"
+RANKING_PREPROCESSING_FN = "ranking_transform_module.preprocessing_fn"
+RANKING_RUN_FN = "ranking_trainer_module.run_fn"
+
+# Node ids. Both resolvers filter by producer, so neither branch sees the other's models.
+TRAINER = "Trainer"
+RETRIEVAL_EVALUATOR = "RetrievalEvaluator"
+RANKING_EXAMPLE_GEN = "RankingExampleGen"
+RANKING_TRANSFORM = "RankingTransform"
+RANKING_TRAINER = "RankingTrainer"
+RANKING_RESOLVER = "ranking_model_resolver"
+RANKING_EVALUATOR = "RankingEvaluator"
+RANKING_PUSHER = "RankingPusher"
+RANKING_SLICES = (features.SCENE, features.CATEGORY, features.USER_SEGMENT)
+
+
+def ranking_eval_config(ranking: RankingConfig) -> tfma.EvalConfig:
+    """TFMA config of the ranking model: click AUC, log loss, calibration and its plot, overall and
+    by scene, category and new vs returning users; blessing = AUC floor + no regression."""
+    auc_threshold = tfma.MetricThreshold(
+        value_threshold=tfma.GenericValueThreshold(lower_bound={"value": ranking.min_auc}),
+        change_threshold=tfma.GenericChangeThreshold(direction=tfma.MetricDirection.HIGHER_IS_BETTER,
+                                                     absolute={"value": -ranking.regression_tolerance}))
+    return tfma.EvalConfig(
+        model_specs=[tfma.ModelSpec(signature_name=features.SIGNATURE_RANK_EXAMPLES, label_key=features.CLICKED,
+                                    prediction_key=features.OUTPUT_CLICK_PROBABILITY)],
+        slicing_specs=[tfma.SlicingSpec()] + [tfma.SlicingSpec(feature_keys=[name]) for name in RANKING_SLICES],
+        metrics_specs=[tfma.MetricsSpec(metrics=[
+            tfma.MetricConfig(class_name="ExampleCount"),
+            # The blessing reads the overall slice only: small slices are reported, not gated.
+            tfma.MetricConfig(class_name="AUC", per_slice_thresholds=[
+                tfma.PerSliceMetricThreshold(slicing_specs=[tfma.SlicingSpec()], threshold=auc_threshold)]),
+            tfma.MetricConfig(class_name="BinaryCrossentropy", config='{"name": "log_loss"}'),
+            tfma.MetricConfig(class_name="Calibration"),
+            tfma.MetricConfig(class_name="MeanLabel"),
+            tfma.MetricConfig(class_name="MeanPrediction"),
+            tfma.MetricConfig(class_name="CalibrationPlot", config='{"num_buckets": 20}'),
+        ])])
 
 
 def create_pipeline(
@@ -38,6 +86,8 @@ def create_pipeline(
     model_name: str = MODEL_NAME,
     enable_cache: bool = True,
     tuner_trials: int = 0,
+    ranking: RankingConfig | None = RankingConfig(),
+    ranking_model_name: str = RANKING_MODEL_NAME,
 ) -> tfx.dsl.Pipeline:
     """Builds the pipeline.
 
@@ -58,11 +108,16 @@ def create_pipeline(
       enable_cache: reuse the outputs of components whose inputs did not change.
       tuner_trials: when > 0, a Tuner (KerasTuner random search over learning rate, embedding
         width and pooling) runs this many trials first and the Trainer uses its best values.
+      ranking: the ranking model's settings; None leaves the ranking branch out.
+      ranking_model_name: TF Serving name of the ranking model (its own folder under
+        ``serving_dir``).
 
     Returns:
       A ``tfx.dsl.Pipeline`` with ExampleGen, StatisticsGen, ImportSchemaGen, ExampleValidator,
       AnomaliesGate, Transform, Trainer, the latest-blessed-model resolver, RetrievalEvaluator
-      and Pusher.
+      and Pusher; and, with ``ranking``, RankingExampleGen, RankingTransform, RankingTrainer,
+      the latest-blessed-ranking-model resolver, RankingEvaluator (TFX Evaluator) and
+      RankingPusher (docs/ranking.md).
     """
     example_gen = EventsExampleGen(input_base=data_dir, eval_fraction=split.eval_fraction,
                                    history_length=split.history_length)
@@ -103,8 +158,10 @@ def create_pipeline(
         custom_config=custom_config)
     last_blessed = tfx.dsl.Resolver(
         strategy_class=tfx.dsl.experimental.LatestBlessedModelStrategy,
-        model=tfx.dsl.Channel(type=tfx.types.standard_artifacts.Model),
-        model_blessing=tfx.dsl.Channel(type=tfx.types.standard_artifacts.ModelBlessing),
+        model=tfx.dsl.Channel(type=tfx.types.standard_artifacts.Model, producer_component_id=TRAINER,
+                              output_key="model"),
+        model_blessing=tfx.dsl.Channel(type=tfx.types.standard_artifacts.ModelBlessing,
+                                       producer_component_id=RETRIEVAL_EVALUATOR, output_key="blessing"),
     ).with_id("latest_blessed_model_resolver")
     evaluator = RetrievalEvaluator(
         model=trainer.outputs["model"], examples=example_gen.outputs["examples"],
@@ -119,12 +176,50 @@ def create_pipeline(
         push_destination=tfx.proto.PushDestination(
             filesystem=tfx.proto.PushDestination.Filesystem(
                 base_directory=os.path.join(serving_dir, model_name))))
+    ranking_components = [] if ranking is None else _ranking_branch(
+        trainer.outputs["model"], data_dir, serving_dir, split, ranking, ranking_model_name)
     return tfx.dsl.Pipeline(
         pipeline_name=pipeline_name,
         pipeline_root=pipeline_root,
         components=[example_gen, schema_gen, statistics_gen, example_validator, gate, transform,
-                    *([tuner] if tuner else []), trainer, last_blessed, evaluator, pusher],
+                    *([tuner] if tuner else []), trainer, last_blessed, evaluator, pusher,
+                    *ranking_components],
         enable_cache=enable_cache,
         metadata_connection_config=metadata_connection_config,
         beam_pipeline_args=beam_pipeline_args or [],
     )
+
+
+def _ranking_branch(retrieval_model: tfx.dsl.Channel, data_dir: str, serving_dir: str, split: SplitConfig,
+                    ranking: RankingConfig, model_name: str) -> list:
+    """The ranking nodes; see :func:`create_pipeline` and docs/ranking.md."""
+    example_gen = RankingExampleGen(
+        retrieval_model=retrieval_model, data_dir=data_dir, eval_fraction=split.eval_fraction,
+        history_length=split.history_length, sampled_negatives=ranking.sampled_negatives,
+    ).with_id(RANKING_EXAMPLE_GEN)
+    transform = tfx.components.Transform(
+        examples=example_gen.outputs["examples"], schema=example_gen.outputs["schema"],
+        preprocessing_fn=RANKING_PREPROCESSING_FN, disable_statistics=True).with_id(RANKING_TRANSFORM)
+    custom_config = dataclasses.asdict(ranking)
+    custom_config.update(items_path=os.path.join(data_dir, features.ITEMS_FILE),
+                         users_path=os.path.join(data_dir, features.USERS_FILE))
+    trainer = tfx.components.Trainer(
+        run_fn=RANKING_RUN_FN, examples=transform.outputs["transformed_examples"],
+        transform_graph=transform.outputs["transform_graph"], schema=example_gen.outputs["schema"],
+        custom_config=custom_config).with_id(RANKING_TRAINER)
+    last_blessed = tfx.dsl.Resolver(
+        strategy_class=tfx.dsl.experimental.LatestBlessedModelStrategy,
+        model=tfx.dsl.Channel(type=tfx.types.standard_artifacts.Model, producer_component_id=RANKING_TRAINER,
+                              output_key="model"),
+        model_blessing=tfx.dsl.Channel(type=tfx.types.standard_artifacts.ModelBlessing,
+                                       producer_component_id=RANKING_EVALUATOR, output_key="blessing"),
+    ).with_id(RANKING_RESOLVER)
+    evaluator = tfx.components.Evaluator(
+        examples=example_gen.outputs["examples"], model=trainer.outputs["model"],
+        baseline_model=last_blessed.outputs["model"], eval_config=ranking_eval_config(ranking),
+        example_splits=["eval"]).with_id(RANKING_EVALUATOR)
+    pusher = tfx.components.Pusher(
+        model=trainer.outputs["model"], model_blessing=evaluator.outputs["blessing"],
+        push_destination=tfx.proto.PushDestination(filesystem=tfx.proto.PushDestination.Filesystem(
+            base_directory=os.path.join(serving_dir, model_name)))).with_id(RANKING_PUSHER)
+    return [example_gen, transform, trainer, last_blessed, evaluator, pusher]

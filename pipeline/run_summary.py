@@ -11,9 +11,54 @@ from ml_metadata.proto import metadata_store_pb2
 
 from components.retrieval_evaluator.component import METRICS_FILE
 from pipeline.run_schema import RunSchema
+from shoprec import features
 from shoprec.run_metadata import _custom, node_executions, open_store, output_artifacts
 
 _STATES = {v: k for k, v in metadata_store_pb2.Execution.State.items()}
+# Node ids of the ranking branch (pipeline/pipeline.py names them; importing it would load TFMA).
+_RANKING_NODE_PREFIX = "Ranking"
+RANKING_TRAINING_REPORT = "ranking_training.json"  # ranking_trainer_module writes it in its ModelRun
+_RANKING_METRICS = ("example_count", "auc", "log_loss", "calibration", "mean_label", "mean_prediction")
+_RANKING_SLICES = (features.SCENE, features.CATEGORY, features.USER_SEGMENT)
+
+
+def ranking_evaluation(uri: str) -> dict[str, Any]:
+    """TFMA's metrics of a RankingEvaluator's ModelEvaluation artifact.
+
+    Returns:
+      ``{"overall": {metric: value}, "slices": {"scene=home": {metric: value}, ...}}`` with the
+      metrics of ``_RANKING_METRICS`` (click AUC, log loss, calibration = mean prediction / mean
+      label, counts).
+    """
+    import tensorflow_model_analysis as tfma  # only when a ranking branch ran
+
+    result: dict[str, Any] = {"overall": {}, "slices": {}}
+    for slice_key, by_output in tfma.load_eval_result(uri).slicing_metrics:
+        values = {}
+        for name, value in by_output[""][""].items():
+            if name in _RANKING_METRICS:
+                number = float(value.get("doubleValue", "nan"))
+                values[name] = number if number == number else None  # NaN (no positives) -> null
+        if not slice_key:
+            result["overall"] = values
+        else:
+            result["slices"]["&".join(f"{column}={value}" for column, value in slice_key)] = values
+    validation = tfma.load_validation_result(uri)
+    result["validation_ok"] = bool(validation.validation_ok)
+    result["failures"] = [_failure_text(failure) for per_slice in validation.metric_validations_per_slice
+                          for failure in per_slice.failures]
+    return result
+
+
+def _failure_text(failure: Any) -> str:
+    """One failed TFMA threshold in words, e.g. ``auc 0.41 below the floor 0.55``."""
+    value = failure.metric_value.double_value.value
+    threshold = failure.metric_threshold
+    if failure.metric_key.is_diff:
+        allowed = threshold.change_threshold.absolute.value
+        return (f"{failure.metric_key.name} changed by {value:+.4f} against the last blessed ranking model "
+                f"(allowed: {allowed:+.4f})")
+    return f"{failure.metric_key.name} {value:.4f} below the floor {threshold.value_threshold.lower_bound.value}"
 
 
 def collect(metadata_path: str, pipeline_name: str, since: float) -> dict[str, Any]:
@@ -23,6 +68,8 @@ def collect(metadata_path: str, pipeline_name: str, since: float) -> dict[str, A
     components: dict[str, dict[str, Any]] = {}
     summary: dict[str, Any] = {"components": components, "metrics": None, "blessed": None,
                                "pushed": False, "pushed_model": None, "pushed_version": None}
+    ranking: dict[str, Any] = {"evaluation": None, "blessed": None, "pushed": False, "pushed_model": None,
+                               "pushed_version": None, "training": None}
     for node, executions in node_executions(store, pipeline_name, since).items():
         if not executions:
             continue
@@ -32,9 +79,12 @@ def collect(metadata_path: str, pipeline_name: str, since: float) -> dict[str, A
             "seconds": round((latest.last_update_time_since_epoch
                               - latest.create_time_since_epoch) / 1000.0, 2),
         }
+        is_ranking = node.startswith(_RANKING_NODE_PREFIX)
         for artifact in output_artifacts(store, latest):
             type_name = store.get_artifact_types_by_id([artifact.type_id])[0].name
-            if type_name == "ModelEvaluation":
+            if is_ranking:
+                _collect_ranking(ranking, type_name, artifact)
+            elif type_name == "ModelEvaluation":
                 path = os.path.join(artifact.uri, METRICS_FILE)
                 if tf.io.gfile.exists(path):
                     with tf.io.gfile.GFile(path) as f:
@@ -47,7 +97,26 @@ def collect(metadata_path: str, pipeline_name: str, since: float) -> dict[str, A
                 summary["pushed"] = bool(_custom(artifact, "pushed"))
                 summary["pushed_model"] = _custom(artifact, "pushed_destination")
                 summary["pushed_version"] = _custom(artifact, "pushed_version")
+    if any(node.startswith(_RANKING_NODE_PREFIX) for node in components):
+        summary["ranking"] = ranking
     return summary
+
+
+def _collect_ranking(ranking: dict[str, Any], type_name: str, artifact: metadata_store_pb2.Artifact) -> None:
+    """Adds what one output artifact of a ranking node says to ``ranking``."""
+    if type_name == "ModelEvaluation":
+        ranking["evaluation"] = ranking_evaluation(artifact.uri)
+    elif type_name == "ModelBlessing":
+        ranking["blessed"] = bool(_custom(artifact, "blessed"))
+    elif type_name == "PushedModel":
+        ranking["pushed"] = bool(_custom(artifact, "pushed"))
+        ranking["pushed_model"] = _custom(artifact, "pushed_destination")
+        ranking["pushed_version"] = _custom(artifact, "pushed_version")
+    elif type_name == "ModelRun":
+        path = os.path.join(artifact.uri, RANKING_TRAINING_REPORT)
+        if tf.io.gfile.exists(path):
+            with tf.io.gfile.GFile(path) as f:
+                ranking["training"] = json.load(f)["eval"]
 
 
 def format_summary(summary: dict[str, Any]) -> str:
@@ -81,9 +150,33 @@ def format_summary(summary: dict[str, Any]) -> str:
         lines.append(f"  pushed: {summary['pushed_model']} (version {summary['pushed_version']})")
     else:
         lines.append("  pushed: nothing (the model was not blessed, or the push was cached)")
+    if summary.get("ranking"):
+        lines += _ranking_lines(summary["ranking"])
     lines.append(f"  wall time: {summary.get('wall_seconds')} s; summary: "
                  f"{os.path.join(summary.get('output_dir', ''), 'run_summary.json')}")
     return "\n".join(lines)
+
+
+def _ranking_lines(ranking: dict[str, Any]) -> list[str]:
+    """The ranking model's lines of the summary: TFMA's overall metrics, the baseline, the verdict."""
+    lines = []
+    overall = (ranking.get("evaluation") or {}).get("overall") or {}
+    if overall:
+        shown = ", ".join(f"{name} {overall[name]:.4f}" for name in ("auc", "log_loss", "calibration")
+                          if overall.get(name) is not None)
+        lines.append(f"  ranking model (TFMA, {int(overall.get('example_count') or 0)} eval impressions): "
+                     f"click {shown}")
+    training = ranking.get("training") or {}
+    if training:
+        lines.append("    click AUC in training's eval: " + ", ".join(
+            f"{kind} {values['click_auc']:.4f}" for kind, values in training.items() if "click_auc" in values))
+    failures = (ranking.get("evaluation") or {}).get("failures") or []
+    lines.append(f"  ranking blessed: {ranking.get('blessed')}" + (f" ({'; '.join(failures)})" if failures else ""))
+    if ranking.get("pushed"):
+        lines.append(f"  ranking pushed: {ranking['pushed_model']} (version {ranking['pushed_version']})")
+    else:
+        lines.append("  ranking pushed: nothing (not blessed, or the push was cached)")
+    return lines
 
 
 def write_run_summary(metadata_path: str, pipeline_name: str, since: float, output_dir: str,

@@ -93,3 +93,36 @@ class EvalConfig:
 
 MODEL_NAME = "shoprec_retrieval"
 PIPELINE_NAME = "shoprec"
+
+
+@dataclasses.dataclass(frozen=True)
+class RankingConfig:
+    """Ranking model (DCN-v2, click and purchase), its training and its blessing."""
+
+    epochs: int = 3
+    batch_size: int = 512
+    learning_rate: float = 0.003
+    # The logistic-regression baseline (same features, same run) is convex: it gets its own, larger step.
+    baseline_learning_rate: float = 0.03
+    cross_layers: int = 2  # tfrs.layers.dcn.Cross layers
+    deep_layers: tuple[int, ...] = (64, 32)
+    purchase_weight: float = 0.5  # weight of the purchase loss beside the click loss
+    l2: float = 1e-4  # L2 penalty of every embedding (and of the baseline's one-hot weights)
+    min_auc: float = 0.55  # blessing: click AUC on the eval impressions must reach this
+    regression_tolerance: float = 0.01  # blessing: largest allowed AUC drop against the last blessed
+    # Real logs without impressions.csv: each click gets this many sampled negatives
+    # (popularity-weighted, items the user never touched before it; docs/ranking.md).
+    sampled_negatives: int = 4
+
+    def __post_init__(self) -> None:
+        for name in ("epochs", "batch_size", "cross_layers"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if not 0.0 <= self.min_auc <= 1.0:
+            raise ValueError(f"min_auc must be in [0, 1], got {self.min_auc}")
+        if self.sampled_negatives < 1:
+            raise ValueError(f"sampled_negatives must be >= 1, got {self.sampled_negatives}")
+
+
+RANKING_MODEL_NAME = "shoprec_ranking"
+RANKING_CANDIDATES = 200  # candidates the service sends to the ranking model per request

@@ -165,3 +165,99 @@ OUTPUT_ITEM_IDS = "item_ids"
 OUTPUT_SCORES = "scores"
 OUTPUT_EMBEDDING = "embedding"
 OUTPUT_FOUND = "found"
+
+# ---------------------------------------------------------------------------------------------
+# Impressions and the ranking model (docs/data_schema.md, docs/ranking.md).
+# ---------------------------------------------------------------------------------------------
+IMPRESSIONS_FILE = "impressions.csv"  # optional canonical file: what a slate showed, and what came of it
+REQUEST_ID = "request_id"  # the slate (one /recommend response) an impression belongs to
+SCENE = "scene"  # where the slate was shown (home, detail, cart ...)
+POSITION = "position"  # 0-based slot in the slate
+PROPENSITY = "propensity"  # logging policy's probability of this item at this slot, given the slots above
+CONTEXT_ITEM_ID = "context_item_id"  # the item the page was about ("" on pages about no item)
+CLICKED = "clicked"  # 1: the shown item was clicked from the slate
+PURCHASED = "purchased"  # 1: ... and then bought
+RETRIEVAL_SCORE = "retrieval_score"  # derived: cosine of the two-tower query and item embeddings
+USER_SEGMENT = "user_segment"  # derived: RETURNING (events before the split cutoff) or NEW
+NO_ITEM = ""  # context_item_id of a page about no item
+RETURNING = "returning"
+NEW = "new"
+HOME_SCENE = "home"
+DETAIL_SCENE = "detail"
+
+IMPRESSION_COLUMNS: tuple[Column, ...] = (
+    Column(EVENT_ID, "string", "unique id of the impression"),
+    Column(USER_ID, "string", "id of the user the slate was shown to"),
+    Column(ITEM_ID, "string", "id of the item shown; must exist in items.csv"),
+    Column(TIMESTAMP, "int64", "when the slate was shown, in Unix seconds (UTC)", min_value=0),
+    Column(SESSION_ID, "string", "the browsing session"),
+    Column(REQUEST_ID, "string", "the slate the impression belongs to"),
+    Column(SCENE, "string", "the page the slate was on"),
+    Column(POSITION, "int64", "0-based slot in the slate", min_value=0),
+    Column(PROPENSITY, "float", "logging policy's probability of the item at this slot, given the slots above",
+           min_value=0.0),
+    Column(CONTEXT_ITEM_ID, "string", "the item the page was about, empty if none"),
+    Column(CLICKED, "int64", "1 if the shown item was clicked from the slate, else 0", allowed=("0", "1")),
+    Column(PURCHASED, "int64", "1 if it was clicked and then bought, else 0", allowed=("0", "1")),
+)
+OPTIONAL_FILES: dict[str, tuple[Column, ...]] = {IMPRESSIONS_FILE: IMPRESSION_COLUMNS}
+
+
+@dataclasses.dataclass(frozen=True)
+class RankingFeature:
+    """A raw feature of a ranking example and how the ranking Transform treats it.
+
+    Attributes:
+      name: raw name in the ranking tf.Example and in the ranking serving request.
+      dtype: raw value type.
+      kind: ``"categorical"`` gets a vocabulary with ``oov_buckets``; ``"numeric"`` passes as a
+        float (``price`` as the z-score of its log); ``"position"`` is clipped to
+        ``[0, max_position]`` and embedded.
+      embedding_dim: width of its embedding (vocabulary and position features).
+      oov_buckets: OOV buckets of a vocabulary.
+      request: the serving signature takes it; otherwise the model looks it up (item attributes
+        from the catalogue, the age group from the user snapshot).
+    """
+
+    name: str
+    dtype: Dtype
+    kind: Literal["categorical", "numeric", "position"]
+    embedding_dim: int = 8
+    oov_buckets: int = 1
+    request: bool = True
+
+    @property
+    def transformed_name(self) -> str:
+        """Name of the ranking Transform output."""
+        return f"{self.name}_xf"
+
+    @property
+    def vocabulary_name(self) -> str:
+        """The ranking Transform's vocabulary file of a categorical feature."""
+        return f"ranking_{self.name}_vocab"
+
+
+MAX_POSITION = 19  # positions beyond share one embedding row
+RANKING_FEATURES: tuple[RankingFeature, ...] = (
+    RankingFeature(USER_ID, "string", "categorical", embedding_dim=16),
+    RankingFeature(AGE_GROUP, "string", "categorical", embedding_dim=4, request=False),
+    RankingFeature(ITEM_ID, "string", "categorical", embedding_dim=16),
+    RankingFeature(CATEGORY, "string", "categorical", request=False),
+    RankingFeature(BRAND, "string", "categorical", request=False),
+    RankingFeature(PRICE, "float", "numeric", request=False),
+    RankingFeature(SCENE, "string", "categorical", embedding_dim=4),
+    RankingFeature(POSITION, "int64", "position", embedding_dim=4),
+    RankingFeature(CONTEXT_ITEM_ID, "string", "categorical", embedding_dim=16),
+    RankingFeature(RETRIEVAL_SCORE, "float", "numeric"),
+)
+RANKING_FEATURES_BY_NAME: dict[str, RankingFeature] = {f.name: f for f in RANKING_FEATURES}
+RANKING_REQUEST_FEATURES: tuple[RankingFeature, ...] = tuple(f for f in RANKING_FEATURES if f.request)
+RANKING_LABELS: tuple[str, ...] = (CLICKED, PURCHASED)
+# Carried in ranking examples for slicing and offline metrics, not read by the model.
+RANKING_EXTRA_COLUMNS: tuple[str, ...] = (REQUEST_ID, USER_SEGMENT, TIMESTAMP)
+
+# The ranking serving signatures and their outputs.
+SIGNATURE_RANK = "serving_default"  # raw request features -> probabilities
+SIGNATURE_RANK_EXAMPLES = "score_examples"  # serialized ranking tf.Examples -> probabilities (TFMA)
+OUTPUT_CLICK_PROBABILITY = "click_probability"
+OUTPUT_PURCHASE_PROBABILITY = "purchase_probability"

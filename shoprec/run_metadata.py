@@ -186,17 +186,39 @@ class ModelVersion:
     pushed_destination: str | None
 
 
-def model_versions(store: metadata_store.MetadataStore) -> list[ModelVersion]:
-    """Every blessing verdict in the store with its evaluation and push, newest first.
+def _node_of(store: metadata_store.MetadataStore, execution_id: int) -> str:
+    """The node id (``Pusher``, ``RankingEvaluator`` ...) of an execution; "" if it has none."""
+    for context in store.get_contexts_by_execution(execution_id):
+        if store.get_context_types_by_id([context.type_id])[0].name == _NODE_CONTEXT:
+            return context.name.rsplit(".", 1)[-1]
+    return ""
+
+
+def _producer_node(store: metadata_store.MetadataStore, artifact: metadata_store_pb2.Artifact) -> str:
+    """The node id of the execution that first output ``artifact``; "" if none did."""
+    outputs = [e for e in store.get_events_by_artifact_ids([artifact.id]) if e.type == metadata_store_pb2.Event.OUTPUT]
+    return _node_of(store, outputs[0].execution_id) if outputs else ""
+
+
+def model_versions(store: metadata_store.MetadataStore, evaluator_node: str = "RetrievalEvaluator",
+                   pusher_node: str = "Pusher") -> list[ModelVersion]:
+    """Every blessing verdict of one model in the store with its evaluation and push, newest first.
+
+    Args:
+      store: the run's ML Metadata.
+      evaluator_node: the node whose blessings count (the retrieval model's; the ranking
+        branch's are ``RankingEvaluator`` with ``RankingPusher``).
+      pusher_node: the node whose pushes count.
 
     The evaluation is the ModelEvaluation written by the same execution as the blessing; the push
-    is the PushedModel of the same pipeline run (cached pushes reuse the earlier artifact).
+    is the PushedModel of ``pusher_node`` in the same pipeline run (cached pushes reuse the
+    earlier artifact).
     """
     versions = []
     for blessing in store.get_artifacts_by_type(BLESSING_TYPE):
         events = [e for e in store.get_events_by_artifact_ids([blessing.id])
                   if e.type == metadata_store_pb2.Event.OUTPUT]
-        if not events:
+        if not events or _node_of(store, events[0].execution_id) != evaluator_node:
             continue
         execution = store.get_executions_by_id([events[0].execution_id])[0]
         evaluation = next((a for a in output_artifacts(store, execution)
@@ -208,7 +230,8 @@ def model_versions(store: metadata_store.MetadataStore) -> list[ModelVersion]:
                 continue
             run_id = context.name
             for artifact in store.get_artifacts_by_context(context.id):
-                if artifact_type_name(store, artifact) == PUSHED_MODEL_TYPE and _custom(artifact, "pushed"):
+                if (artifact_type_name(store, artifact) == PUSHED_MODEL_TYPE and _custom(artifact, "pushed")
+                        and _producer_node(store, artifact) == pusher_node):
                     pushed = artifact
         versions.append(ModelVersion(
             run_id=run_id, evaluated_at=execution.create_time_since_epoch / 1000.0,

@@ -19,13 +19,16 @@ ALLOWED: dict[str, frozenset[str]] = {
     "serving": frozenset(),
     "transform_module": frozenset({"shoprec"}),
     "trainer_module": frozenset({"shoprec"}),
+    "ranking_transform_module": frozenset({"shoprec"}),
+    "ranking_trainer_module": frozenset({"shoprec"}),
     "components": frozenset({"shoprec"}),
     "pipeline": frozenset({"shoprec", "components"}),
     "experiments": frozenset({"shoprec", "serving"}),
     "service": frozenset({"shoprec", "serving", "experiments"}),
     "ui": frozenset({"shoprec", "serving", "service", "experiments"}),
     "bench": frozenset({"shoprec", "serving", "service", "experiments", "components", "pipeline",
-                        "transform_module", "trainer_module"}),
+                        "transform_module", "trainer_module", "ranking_transform_module",
+                        "ranking_trainer_module"}),
 }
 PROJECT = frozenset(ALLOWED) | {"tests"}
 

@@ -34,6 +34,10 @@ USER_TASTES_FILE = "user_tastes.csv"  # in truth/: one row per user, the readabl
 ITEM_POPULARITY_FILE = "item_popularity.csv"  # in truth/: one row per item
 PROCESS_FILE = "process.json"  # in truth/: the process, its parameters and the shop's counts
 SHOP_CONFIG_FILE = "shop_config.json"  # the ShopConfig a generated folder was made with
+IMPRESSION_TRUTH_FILE = "impressions_truth.csv"  # in truth/: each impression's true probabilities
+CLICK_PROBABILITY = "click_probability"  # column of IMPRESSION_TRUTH_FILE
+PURCHASE_PROBABILITY = "purchase_probability"  # column of IMPRESSION_TRUTH_FILE: P(click and buy)
+_SLATE_CHUNK = 400  # slates whose logging-policy weights are drawn at once
 
 _CHUNK_CELLS = 2_000_000  # users x items weights computed at once when drawing items
 _SESSION_MARGIN = 1.02  # draw this many more sessions than expected, then cut to --events
@@ -50,6 +54,10 @@ class Shop:
       users: one row per user, columns ``features.USER_COLUMNS``.
       truth: the hidden tastes and probabilities the events were drawn from.
       config: the size and shape it was made with.
+      impressions: one row per shown item, columns ``features.IMPRESSION_COLUMNS``, sorted by
+        time, slate and position.
+      impression_truth: per impression (same rows): ``event_id``, ``click_probability`` and
+        ``purchase_probability`` (of a click followed by a purchase), the true values.
     """
 
     events: pd.DataFrame
@@ -57,6 +65,8 @@ class Shop:
     users: pd.DataFrame
     truth: ShopTruth
     config: ShopConfig
+    impressions: pd.DataFrame | None = None
+    impression_truth: pd.DataFrame | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -304,6 +314,137 @@ def _events_frame(sessions: _Sessions, truth: ShopTruth, config: ShopConfig,
     return pd.DataFrame({column.name: values[column.name] for column in features.EVENT_COLUMNS})
 
 
+def _id_numbers(ids: pd.Series) -> np.ndarray:
+    """(n,) int64 numbers of generated ids like ``u12`` (the digits after the prefix)."""
+    return ids.str.slice(1).astype(np.int64).to_numpy()
+
+
+def _logging_policy_slates(truth: ShopTruth, context_items: np.ndarray, rng: np.random.Generator
+                           ) -> tuple[np.ndarray, np.ndarray]:
+    """Draws slates from the logging policy (Plackett-Luce over popularity-based weights).
+
+    On a page about an item (``detail``), ``logging_category_share`` of the weight goes to the
+    page item's category and the page item itself is never shown; on a page about no item
+    (``home``), the weights are popularity ** ``logging_popularity_exponent`` over the catalogue.
+    The policy does not know the user.
+
+    Args:
+      truth: the shop's truth (items and the policy's knobs).
+      context_items: (n,) int page item of each slate, -1 for none.
+      rng: random source.
+
+    Returns:
+      ``(items, propensities)``, each (n, slate_size): the items in slot order and each one's
+      probability of being drawn into its slot given the slots above.
+    """
+    params = truth.params
+    size = min(params.slate_size, truth.n_items - 1)
+    base = truth.item_popularity ** params.logging_popularity_exponent
+    base_share = base / base.sum()
+    category_mass = np.bincount(truth.item_category, weights=base, minlength=truth.n_categories)
+    slates = np.empty((len(context_items), size), np.int64)
+    propensities = np.empty((len(context_items), size))
+    for start in range(0, len(context_items), _SLATE_CHUNK):
+        context = context_items[start:start + _SLATE_CHUNK]
+        has_context = context >= 0
+        weights = np.repeat(base_share[None, :], len(context), axis=0)
+        weights[has_context] *= 1.0 - params.logging_category_share
+        context_category = truth.item_category[np.maximum(context, 0)]
+        same = truth.item_category[None, :] == context_category[:, None]
+        weights += np.where(same & has_context[:, None],
+                            params.logging_category_share * base[None, :] / category_mass[context_category][:, None],
+                            0.0)
+        rows = np.flatnonzero(has_context)
+        weights[rows, context[rows]] = 0.0
+        keys = np.log(np.maximum(weights, 1e-300)) + rng.gumbel(size=weights.shape)
+        top = np.argpartition(-keys, size - 1, axis=1)[:, :size]
+        order = np.argsort(-np.take_along_axis(keys, top, axis=1), axis=1, kind="stable")
+        chosen = np.take_along_axis(top, order, axis=1)
+        chosen_weights = np.take_along_axis(weights, chosen, axis=1)
+        remaining = weights.sum(axis=1, keepdims=True) - np.cumsum(chosen_weights, axis=1) + chosen_weights
+        slates[start:start + len(context)] = chosen
+        propensities[start:start + len(context)] = chosen_weights / remaining
+    return slates, propensities
+
+
+def _impressions_frame(events: pd.DataFrame, truth: ShopTruth, rng: np.random.Generator
+                       ) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Shows recommendation slates in some sessions and draws what the users did with them.
+
+    A session gets one slate with probability ``slate_share``: on ``detail`` (one second after
+    one of its clicks, chosen uniformly, about that click's item) with probability
+    ``detail_slate_share``, else on ``home`` (one second before the session's first event).
+    Each shown item is clicked with :meth:`ShopTruth.slate_click_probability` (the truth times
+    the position bias) and a click is followed by a purchase with
+    :meth:`ShopTruth.purchase_probability` (price sensitivity). The slate's clicks are the
+    widget's: they are recorded here, not in ``events.csv``, which stays the browsing log.
+
+    Returns:
+      ``(impressions, impression_truth)``; see :class:`Shop`.
+    """
+    params = truth.params
+    columns = [column.name for column in features.IMPRESSION_COLUMNS]
+    if not len(events) or params.slate_share <= 0:
+        return pd.DataFrame(columns=columns), pd.DataFrame(
+            columns=[features.EVENT_ID, CLICK_PROBABILITY, PURCHASE_PROBABILITY])
+    clicks = events[events[features.EVENT_TYPE] == features.CLICK]
+    session_number = _id_numbers(clicks[features.SESSION_ID])
+    sessions, first_row, n_clicks = np.unique(session_number, return_index=True, return_counts=True)
+    click_time = clicks[features.TIMESTAMP].to_numpy()
+    click_item = _id_numbers(clicks[features.ITEM_ID])
+    click_user = _id_numbers(clicks[features.USER_ID])
+    # Rows of one session are contiguous once sorted by session number.
+    by_session = np.argsort(session_number, kind="stable")
+    shown = np.flatnonzero(rng.random(len(sessions)) < params.slate_share)
+    detail = rng.random(len(shown)) < params.detail_slate_share
+    pick = np.floor(rng.random(len(shown)) * n_clicks[shown]).astype(np.int64)
+    starts = np.searchsorted(session_number[by_session], sessions[shown])
+    anchor = by_session[np.where(detail, starts + pick, starts)]
+    slate_user = click_user[anchor]
+    slate_context = np.where(detail, click_item[anchor], -1)
+    session_start = np.minimum.reduceat(click_time[by_session], np.searchsorted(
+        session_number[by_session], sessions))[shown]
+    slate_time = np.where(detail, click_time[anchor] + 1, np.maximum(session_start - 1, 0))
+    slate_items, propensity = _logging_policy_slates(truth, slate_context, rng)
+    size = slate_items.shape[1]
+
+    slate_order = np.lexsort((sessions[shown], slate_time))  # slates numbered in time order
+    n = len(shown) * size
+    slate = np.repeat(slate_order, size)
+    position = np.tile(np.arange(size), len(shown))
+    user = slate_user[slate]
+    item = slate_items[slate, position]
+    context = slate_context[slate]
+    unique_users, inverse = np.unique(user, return_inverse=True)
+    totals = truth.category_totals(unique_users)[inverse]
+    context_category = np.where(context >= 0, truth.item_category[np.maximum(context, 0)], -1)
+    p_click = truth.slate_click_probability(user, item, position, context_category, totals)
+    p_buy = truth.purchase_probability(user, item)
+    clicked = rng.random(n) < p_click
+    purchased = clicked & (rng.random(n) < p_buy)
+    item_ids = _format_ids(truth_lib.ITEM_ID_FORMAT, truth.n_items)
+    event_ids = _format_ids(truth_lib.IMPRESSION_ID_FORMAT, n)
+    values = {
+        features.EVENT_ID: event_ids,
+        features.USER_ID: _format_ids(truth_lib.USER_ID_FORMAT, truth.n_users)[user],
+        features.ITEM_ID: item_ids[item],
+        features.TIMESTAMP: slate_time[slate].astype(np.int64),
+        features.SESSION_ID: _format_ids(truth_lib.SESSION_ID_FORMAT, int(sessions.max()) + 1)[
+            sessions[shown][slate]],
+        features.REQUEST_ID: _format_ids(truth_lib.REQUEST_ID_FORMAT, len(shown))[np.repeat(np.arange(len(shown)), size)],
+        features.SCENE: np.where(context >= 0, features.DETAIL_SCENE, features.HOME_SCENE).astype(object),
+        features.POSITION: position.astype(np.int64),
+        features.PROPENSITY: np.round(propensity[slate, position], 9),
+        features.CONTEXT_ITEM_ID: np.where(context >= 0, item_ids[np.maximum(context, 0)], features.NO_ITEM),
+        features.CLICKED: clicked.astype(np.int64),
+        features.PURCHASED: purchased.astype(np.int64),
+    }
+    impressions = pd.DataFrame({name: values[name] for name in columns})
+    impression_truth = pd.DataFrame({features.EVENT_ID: event_ids, CLICK_PROBABILITY: np.round(p_click, 9),
+                                     PURCHASE_PROBABILITY: np.round(p_click * p_buy, 9)})
+    return impressions, impression_truth
+
+
 def _items_frame(truth: ShopTruth) -> pd.DataFrame:
     """(n_items, len(ITEM_COLUMNS)) frame of the items' public attributes."""
     values = {
@@ -343,7 +484,9 @@ def generate_shop(config: ShopConfig = ShopConfig(), params: ProcessParams = Pro
       ValueError: if the config is out of range (see :func:`validate_config`).
     """
     validate_config(config)
-    truth_seed, events_seed = np.random.SeedSequence(config.seed).spawn(2)
+    # spawn(3)'s first two children are spawn(2)'s: adding the impressions' stream left the
+    # events, items and users byte-identical.
+    truth_seed, events_seed, impressions_seed = np.random.SeedSequence(config.seed).spawn(3)
     truth = truth_lib.draw_truth(config, params, np.random.default_rng(truth_seed))
     rng = np.random.default_rng(events_seed)
     n_sessions = _sessions_to_draw(config.events, params, config.purchase_share)
@@ -352,8 +495,10 @@ def generate_shop(config: ShopConfig = ShopConfig(), params: ProcessParams = Pro
         n_sessions = math.ceil(n_sessions * 1.25)
         sessions = _simulate_sessions(truth, n_sessions, config.purchase_share, rng, progress)
     truth = dataclasses.replace(truth, purchase_scale=sessions.purchase_scale)
-    return Shop(events=_events_frame(sessions, truth, config, rng), items=_items_frame(truth),
-                users=_users_frame(truth), truth=truth, config=config)
+    events = _events_frame(sessions, truth, config, rng)
+    impressions, impression_truth = _impressions_frame(events, truth, np.random.default_rng(impressions_seed))
+    return Shop(events=events, items=_items_frame(truth), users=_users_frame(truth), truth=truth,
+                config=config, impressions=impressions, impression_truth=impression_truth)
 
 
 def _json_ready(value: object) -> object:
@@ -386,6 +531,13 @@ def _process_description(shop: Shop) -> dict[str, object]:
             " price_reference)**-(purchase_price_exponent x price_sensitivity)), a delay later",
             "time: gaps and delays in seconds; sessions start uniformly in the time range;"
             " whole sessions are kept until exactly `events` events",
+            "impressions: a session gets one slate of slate_size items with P slate_share, on"
+            " detail after one of its clicks (about that item) or on home at its start; the"
+            " logging policy is Plackett-Luce over popularity**logging_popularity_exponent (on"
+            " detail, logging_category_share of the weight in the page item's category); a shown"
+            " item is clicked with P = (position + 1)**-position_bias_exponent x click_ceiling x"
+            " lift / (lift + click_half_lift), lift = n_items x intent x P(item | user, category),"
+            " then bought with the purchase probability; recorded in impressions.csv only",
         ],
         "config": {name: _json_ready(value)
                    for name, value in dataclasses.asdict(shop.config).items()},
@@ -408,8 +560,10 @@ def _process_description(shop: Shop) -> dict[str, object]:
             "sessions": int(shop.events[features.SESSION_ID].nunique()),
             features.CLICK: int(event_types.get(features.CLICK, 0)),
             features.PURCHASE: int(event_types.get(features.PURCHASE, 0)),
+            "impressions": 0 if shop.impressions is None else len(shop.impressions),
+            "impression_clicks": 0 if shop.impressions is None else int(shop.impressions[features.CLICKED].sum()),
         },
-        "files": [truth_lib.TRUTH_ARRAYS_FILE, USER_TASTES_FILE, ITEM_POPULARITY_FILE],
+        "files": [truth_lib.TRUTH_ARRAYS_FILE, USER_TASTES_FILE, ITEM_POPULARITY_FILE, IMPRESSION_TRUTH_FILE],
     }
 
 
@@ -448,6 +602,10 @@ def write_shop(shop: Shop, out_dir: str, progress: bool = False) -> None:
                                  disable=not progress, leave=False):
         columns = [column.name for column in features.CANONICAL_FILES[file_name]]
         frame.to_csv(os.path.join(out_dir, file_name), index=False, columns=columns)
+    if shop.impressions is not None:
+        shop.impressions.to_csv(os.path.join(out_dir, features.IMPRESSIONS_FILE), index=False,
+                                columns=[column.name for column in features.IMPRESSION_COLUMNS])
+        shop.impression_truth.to_csv(os.path.join(truth_dir, IMPRESSION_TRUTH_FILE), index=False)
 
     shop.truth.save(truth_dir)
     _user_tastes_frame(shop).to_csv(os.path.join(truth_dir, USER_TASTES_FILE), index=False)
@@ -471,7 +629,8 @@ def ensure_shop(config: ShopConfig, data_dir: str) -> bool:
     """
     marker = os.path.join(data_dir, SHOP_CONFIG_FILE)
     wanted = json.dumps(dataclasses.asdict(config), default=str, sort_keys=True)
-    if os.path.exists(marker):
+    # A folder from before impressions were generated lacks impressions.csv: regenerate it.
+    if os.path.exists(marker) and os.path.exists(os.path.join(data_dir, features.IMPRESSIONS_FILE)):
         with open(marker, encoding="utf-8") as f:
             if f.read() == wanted:
                 return True

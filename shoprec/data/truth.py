@@ -15,6 +15,16 @@ Model, for user ``u`` and item ``i`` of category ``c(i)``, brand ``b(i)`` and pr
     P(next click i | u) = category_weights(u, c(i)) * P(i | u, c(i))
     P(buy i | u clicked i) = min(1, purchase_scale * (p(i) / price_reference)
                                  ** -(purchase_price_exponent * price_sensitivity(u)))
+
+Impressions (a recommendation slate showed item ``i`` to ``u`` at 0-based position ``k``, on a
+page about an item of category ``c*``, or about none)::
+
+    intent(u, c | c*) = slate_stickiness * [c == c*] + (1 - slate_stickiness) * category_weights(u, c)
+                        (category_weights(u, c) on a page about no item)
+    lift(u, i)        = n_items * intent(u, c(i) | c*) * P(i | u, c(i))
+    P(click)          = position_bias(k) * click_ceiling * lift / (lift + click_half_lift)
+    position_bias(k)  = (k + 1) ** -position_bias_exponent
+    P(buy | click)    = P(buy i | u clicked i) above
 """
 
 from __future__ import annotations
@@ -49,6 +59,8 @@ CATEGORY_ID_FORMAT = "cat{:02d}"
 BRAND_ID_FORMAT = "brand{:02d}"
 SESSION_ID_FORMAT = "s{}"
 EVENT_ID_FORMAT = "e{}"
+IMPRESSION_ID_FORMAT = "m{}"
+REQUEST_ID_FORMAT = "r{}"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -86,6 +98,18 @@ class ProcessParams:
       max_purchase_delay_s: largest click-to-purchase delay, in seconds.
       purchase_price_exponent: how much more price matters for buying than for clicking, as a
         multiple of the user's price sensitivity.
+      slate_share: probability that a session was shown one recommendation slate.
+      slate_size: items per slate.
+      detail_slate_share: share of slates on a product page (``detail``, after one of the
+        session's clicks, about that item); the rest are on ``home`` at the session's start.
+      logging_category_share: the logging policy's share of choice weight on the page item's
+        category (``detail``); the rest goes to the whole catalogue.
+      logging_popularity_exponent: the logging policy weights items by popularity ** this.
+      slate_stickiness: on a detail page, the weight of the page item's category in the user's
+        intent (the rest is the user's category taste).
+      click_ceiling: the click probability of a perfectly relevant item at position 0.
+      click_half_lift: the lift over a uniform choice at which relevance is half the ceiling.
+      position_bias_exponent: examination at 0-based position k is (k + 1) ** -this.
     """
 
     age_group_shares: tuple[float, ...] = (0.18, 0.30, 0.24, 0.16, 0.12)
@@ -112,6 +136,15 @@ class ProcessParams:
     min_purchase_delay_s: int = 10
     max_purchase_delay_s: int = 900
     purchase_price_exponent: float = 0.5
+    slate_share: float = 0.3
+    slate_size: int = 10
+    detail_slate_share: float = 0.6
+    logging_category_share: float = 0.7
+    logging_popularity_exponent: float = 0.5
+    slate_stickiness: float = 0.85
+    click_ceiling: float = 0.6
+    click_half_lift: float = 8.0
+    position_bias_exponent: float = 1.0
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -247,6 +280,51 @@ class ShopTruth:
         """
         propensity = self.purchase_propensity(user_indices, item_indices)
         return np.minimum(1.0, self.purchase_scale * propensity)
+
+    def category_totals(self, user_indices: np.ndarray, chunk_cells: int = 2_000_000) -> np.ndarray:
+        """(n, n_categories) sum of :meth:`item_affinity` over each category's items."""
+        users = np.asarray(user_indices)
+        totals = np.zeros((len(users), self.n_categories))
+        one_hot = np.eye(self.n_categories)[self.item_category]  # (n_items, C)
+        rows = max(1, chunk_cells // self.n_items)
+        for start in range(0, len(users), rows):
+            totals[start:start + rows] = self.item_affinity(users[start:start + rows]) @ one_hot
+        return totals
+
+    def position_bias(self, positions: np.ndarray) -> np.ndarray:
+        """(n,) examination probability of 0-based slate positions, 1 at the top."""
+        return (np.asarray(positions, np.float64) + 1.0) ** -self.params.position_bias_exponent
+
+    def slate_click_probability(self, user_indices: np.ndarray, item_indices: np.ndarray,
+                                positions: np.ndarray, context_categories: np.ndarray,
+                                totals: np.ndarray | None = None) -> np.ndarray:
+        """True probability that an impression is clicked (see the module docstring).
+
+        Args:
+          user_indices: (n,) int user of each impression.
+          item_indices: (n,) int item shown.
+          positions: (n,) int 0-based slot.
+          context_categories: (n,) int category of the page's item, -1 on a page about no item.
+          totals: (n, n_categories) :meth:`category_totals` of ``user_indices``, if known.
+
+        Returns:
+          (n,) float in [0, click_ceiling].
+        """
+        users, items = np.asarray(user_indices), np.asarray(item_indices)
+        if totals is None:
+            totals = self.category_totals(users)
+        category = self.item_category[items]
+        taste = self.category_weights[users, category]
+        stickiness = self.params.slate_stickiness
+        intent = np.where(np.asarray(context_categories) >= 0,
+                          stickiness * (category == context_categories) + (1.0 - stickiness) * taste, taste)
+        brand_affinity = (1.0 - self.params.brand_mix) + (
+            self.params.brand_mix * self.n_brands * self.brand_weights[users, self.item_brand[items]])
+        affinity = (brand_affinity * np.exp(-self.price_sensitivity[users] * self._log_relative_price()[items])
+                    * self.item_popularity[items] ** self.params.popularity_exponent)
+        lift = self.n_items * intent * affinity / totals[np.arange(len(users)), category]
+        relevance = lift / (lift + self.params.click_half_lift)
+        return self.position_bias(positions) * self.params.click_ceiling * relevance
 
     def arrays(self) -> dict[str, np.ndarray]:
         """Every array field by name (what :meth:`save` stores)."""

@@ -91,11 +91,17 @@ def test_config_files_are_the_ones_the_flags_name(container: dict[str, Any]) -> 
         assert (DEPLOY / path.name).is_file()
 
 
-def test_models_config_points_at_the_mounted_model(container: dict[str, Any]) -> None:
-    (model,) = read_model_config_file(str(DEPLOY / "models.config"))
-    assert model.name == config.MODEL_NAME
-    assert model.base_path == f"{MODELS_MOUNT}/{config.MODEL_NAME}"
-    assert model.version_policy.kind == "latest"
+def test_models_config_points_at_the_mounted_models(container: dict[str, Any]) -> None:
+    retrieval, ranking = read_model_config_file(str(DEPLOY / "models.config"))
+    for model, name in ((retrieval, config.MODEL_NAME), (ranking, config.RANKING_MODEL_NAME)):
+        assert model.name == name
+        assert model.base_path == f"{MODELS_MOUNT}/{name}"
+        assert model.version_policy.kind == "latest"
+
+
+def test_a_ranking_request_fits_one_batch() -> None:
+    batching = parse_batching_parameters((DEPLOY / "batching_parameters.txt").read_text())
+    assert batching.max_batch_size >= config.RANKING_CANDIDATES
 
 
 def test_batching_and_monitoring_files_parse() -> None:

@@ -27,10 +27,12 @@ ROOT = Path(__file__).resolve().parents[2]
 IMAGE = "registry.example.com/shoprec-pipeline:0.1.0"
 BUCKET = "gs://shoprec-test-bucket/shoprec"
 COMPONENTS = {"EventsExampleGen", "ImportSchemaGen", "StatisticsGen", "ExampleValidator",
-              "AnomaliesGate", "Transform", "Trainer", "RetrievalEvaluator", "Pusher"}
-RESOLVER_TASKS = {"latest_blessed_model_resolver-model-resolver",
-                  "latest_blessed_model_resolver-model-blessing-resolver"}
-BEAM_COMPONENTS = {"EventsExampleGen", "StatisticsGen", "Transform"}
+              "AnomaliesGate", "Transform", "Trainer", "RetrievalEvaluator", "Pusher",
+              "RankingExampleGen", "RankingTransform", "RankingTrainer", "RankingEvaluator", "RankingPusher"}
+RESOLVER_TASKS = {f"{resolver}-{channel}-resolver" for resolver in ("latest_blessed_model_resolver",
+                                                                     "ranking_model_resolver")
+                  for channel in ("model", "model-blessing")}
+BEAM_COMPONENTS = {"EventsExampleGen", "StatisticsGen", "Transform", "RankingTransform", "RankingEvaluator"}
 DATAFLOW = ["--beam_runner", "dataflow", "--beam_workers", "8", "--beam_arg=--project=shoprec-test",
             "--beam_arg=--region=europe-west4", f"--beam_arg=--temp_location={BUCKET}/tmp"]
 

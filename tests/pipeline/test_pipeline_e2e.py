@@ -1,9 +1,10 @@
 """The real pipeline, end to end, on a small generated shop (LocalDagRunner, SQLite MLMD, Beam).
 
-The runs share one output folder, in this order: a first run (blessed, pushed); a rerun, where
-everything up to the Trainer is cached and the evaluator refuses to bless the same model twice;
-a third run, entirely cached; a run whose blessing floor cannot be met; then untrained models
-(learning rate 0) that lose to popularity and regress against the last blessed model.
+The runs share one output folder, in this order: a first run (both models blessed, pushed); a
+rerun, where everything up to the Trainer is cached and the evaluator refuses to bless the same
+model twice; a third run, entirely cached; a run whose blessing floors (NDCG, ranking AUC) cannot
+be met; then untrained models (learning rate 0) that lose to popularity and regress against the
+last blessed model (the ranking model too, against the last blessed ranking model).
 Corrupted data gets its own folder.
 """
 
@@ -20,18 +21,24 @@ from components.anomalies_gate import DataAnomaliesError
 from pipeline import local_runner, run_summary
 from serving import servable
 from shoprec import features as F
-from shoprec.config import MODEL_NAME, PIPELINE_NAME, SplitConfig
+from shoprec.config import MODEL_NAME, PIPELINE_NAME, RANKING_MODEL_NAME, SplitConfig
 from shoprec.data import canonical, point_in_time
 from shoprec.model import export, score_test_file
 from tests.conftest import requirement_mark
 
 pytestmark = pytest.mark.e2e
-SMALL_SHOP = ["--events", "3000", "--users", "300", "--items", "200", "--epochs", "2"]
+# The ranking model sees about 1,700 training impressions here: small batches give it enough steps.
+SMALL_RANKING = ["--ranking_batch_size", "64", "--ranking_epochs", "4"]
+SMALL_SHOP = ["--events", "3000", "--users", "300", "--items", "200", "--epochs", "2", *SMALL_RANKING]
 BELOW_POPULARITY_OK = ["--bless_below_popularity"]  # too small a shop to promise more
 UPSTREAM_NODES = {"EventsExampleGen", "ImportSchemaGen", "StatisticsGen", "ExampleValidator",
                   "AnomaliesGate", "Transform", "Trainer"}
 RESOLVER = "latest_blessed_model_resolver"
-EXPECTED_NODES = UPSTREAM_NODES | {RESOLVER, "RetrievalEvaluator", "Pusher"}
+RANKING_RESOLVER = "ranking_model_resolver"
+RANKING_NODES = {"RankingExampleGen", "RankingTransform", "RankingTrainer", RANKING_RESOLVER, "RankingEvaluator",
+                 "RankingPusher"}
+EXPECTED_NODES = UPSTREAM_NODES | {RESOLVER, "RetrievalEvaluator", "Pusher"} | RANKING_NODES
+RESOLVERS = {RESOLVER, RANKING_RESOLVER}  # a resolver always runs: it only queries MLMD
 
 
 def run(output_dir: str, *extra: str) -> dict:
@@ -40,8 +47,8 @@ def run(output_dir: str, *extra: str) -> dict:
         return json.load(f)
 
 
-def pushed_versions(output_dir: str) -> list[str]:
-    model_dir = os.path.join(output_dir, "serving", MODEL_NAME)
+def pushed_versions(output_dir: str, model_name: str = MODEL_NAME) -> list[str]:
+    model_dir = os.path.join(output_dir, "serving", model_name)
     return sorted(os.listdir(model_dir)) if os.path.isdir(model_dir) else []
 
 
@@ -62,9 +69,14 @@ def test_first_run_executes_every_component_once_and_pushes(first_run, output_di
     executions = run_summary.node_executions(store, PIPELINE_NAME)
     assert {node: len(e) for node, e in executions.items()} == {n: 1 for n in EXPECTED_NODES}
     examples = store.get_artifacts_by_type("Examples")
-    assert len(examples) == 2  # raw (ExampleGen) and transformed (Transform)
+    assert len(examples) == 4  # raw and transformed, of retrieval and of ranking
     assert first_run["blessed"] is True and first_run["pushed"] is True
     assert pushed_versions(output_dir) == [str(first_run["pushed_version"])]
+    ranking = first_run["ranking"]
+    assert ranking["blessed"] is True and ranking["pushed"] is True
+    assert pushed_versions(output_dir, RANKING_MODEL_NAME) == [str(ranking["pushed_version"])]
+    assert ranking["pushed_model"] == os.path.join(output_dir, "serving", RANKING_MODEL_NAME,
+                                                   str(ranking["pushed_version"]))
     metrics = first_run["metrics"]
     assert set(metrics) == {"model", "popularity", "item_knn", "als"}  # no blessed model existed yet
     for ranking in metrics.values():
@@ -159,30 +171,49 @@ def test_rerun_with_unchanged_inputs_uses_the_cache(first_run, output_dir):
     assert any("last blessed model itself" in r for r in second["blessing_reasons"])
     third = run(output_dir, *BELOW_POPULARITY_OK)
     states = {node: c["state"] for node, c in third["components"].items()}
-    assert states.pop(RESOLVER) == "COMPLETE"  # a resolver always runs: it only queries MLMD
+    assert {node: states.pop(node) for node in RESOLVERS} == {node: "COMPLETE" for node in RESOLVERS}
     assert set(states.values()) == {"CACHED"}
     assert pushed_versions(output_dir) == [str(first_run["pushed_version"])]
+    assert pushed_versions(output_dir, RANKING_MODEL_NAME) == [str(first_run["ranking"]["pushed_version"])]
 
 
 def test_impossible_blessing_threshold_pushes_nothing(first_run, output_dir):
-    third = run(output_dir, *BELOW_POPULARITY_OK, "--min_ndcg", "2.0")
+    third = run(output_dir, *BELOW_POPULARITY_OK, "--min_ndcg", "2.0", "--ranking_min_auc", "0.999")
     assert third["components"]["RetrievalEvaluator"]["state"] == "COMPLETE"
     assert third["components"]["Transform"]["state"] == "CACHED"
     assert third["blessed"] is False and third["pushed"] is False
     assert any("below the floor 2.0" in reason for reason in third["blessing_reasons"])
     assert pushed_versions(output_dir) == [str(first_run["pushed_version"])]
+    # The ranking model: the same model (cached), a floor it cannot meet, nothing pushed.
+    assert third["components"]["RankingTrainer"]["state"] == "CACHED"
+    assert third["components"]["RankingEvaluator"]["state"] == "COMPLETE"
+    ranking = third["ranking"]
+    assert ranking["blessed"] is False and ranking["pushed"] is False
+    assert any("auc" in failure and "below the floor 0.999" in failure for failure in ranking["evaluation"]["failures"])
+    assert pushed_versions(output_dir, RANKING_MODEL_NAME) == [str(first_run["ranking"]["pushed_version"])]
+
+
+# An untrained ranking model (learning rate 0) with no AUC floor: only the no-regression check
+# against the last blessed ranking model can stop it.
+UNTRAINED_RANKING = ["--ranking_learning_rate", "0", "--ranking_min_auc", "0"]
 
 
 def test_model_worse_than_popularity_is_not_pushed(first_run, output_dir):
-    untrained = run(output_dir, "--learning_rate", "0")
+    untrained = run(output_dir, "--learning_rate", "0", *UNTRAINED_RANKING)
     assert untrained["components"]["Trainer"]["state"] == "COMPLETE"
     assert untrained["blessed"] is False and untrained["pushed"] is False
     assert any("does not beat popularity" in r for r in untrained["blessing_reasons"])
     assert pushed_versions(output_dir) == [str(first_run["pushed_version"])]
+    ranking = untrained["ranking"]
+    assert untrained["components"]["RankingTrainer"]["state"] == "COMPLETE"
+    assert ranking["blessed"] is False and ranking["pushed"] is False
+    assert ranking["evaluation"]["failures"] and all(
+        "against the last blessed ranking model" in failure for failure in ranking["evaluation"]["failures"])
+    assert pushed_versions(output_dir, RANKING_MODEL_NAME) == [str(first_run["ranking"]["pushed_version"])]
 
 
 def test_regression_against_the_last_blessed_model_is_not_pushed(first_run, output_dir):
-    untrained = run(output_dir, "--learning_rate", "0", *BELOW_POPULARITY_OK)
+    untrained = run(output_dir, "--learning_rate", "0", *BELOW_POPULARITY_OK, *UNTRAINED_RANKING)
     assert untrained["components"]["Trainer"]["state"] == "CACHED"  # the same untrained model
     assert "last_blessed" in untrained["metrics"]
     assert untrained["metrics"]["last_blessed"]["all"]["ndcg@10"] == pytest.approx(
@@ -248,6 +279,9 @@ def test_real_rees46_logs_run_through_the_pipeline(tmp_path):
     with open(os.path.join(output_dir, "run_summary.json")) as f:
         summary = json.load(f)
     assert {c["state"] for c in summary["components"].values()} == {"COMPLETE"}
+    # No impressions.csv: the ranking examples are each click and 4 sampled unclicked items.
+    overall = summary["ranking"]["evaluation"]["overall"]
+    assert overall["example_count"] > 1000 and 0.2 <= overall["mean_label"] <= 0.25
     assert "category values" in summary["schema"] and "brand values" in summary["schema"]
     assert summary["disabled_features"] == [F.AGE_GROUP]  # the sample has no age groups
     users = summary["metrics"]["model"]["all"]["users"]
@@ -258,7 +292,7 @@ def test_real_rees46_logs_run_through_the_pipeline(tmp_path):
 
 def test_tuner_feeds_its_best_hyper_parameters_to_the_trainer(tmp_path):
     # Also the hashed-user-id and the ScaNN-export options, which this run exercises end to end.
-    summary = run(str(tmp_path / "tuned"), *BELOW_POPULARITY_OK, "--epochs", "1",
+    summary = run(str(tmp_path / "tuned"), *BELOW_POPULARITY_OK, "--epochs", "1", "--no_ranking",
                   "--tuner_trials", "2", "--user_id_hash_buckets", "64",
                   "--retrieval_index", "scann")
     assert summary["components"]["Tuner"]["state"] == "COMPLETE"

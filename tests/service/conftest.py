@@ -3,8 +3,9 @@ a real Redis and the service itself, each started once per session on free loopb
 
 * ``trained_run``: ``python -m pipeline.local_runner`` on a 300-user, 200-item shop (about 90 s);
   set ``SHOPREC_SERVICE_TEST_RUN_DIR`` to an existing ``--output_dir`` to reuse one;
-* ``model_server``: ``python -m serving.model_server`` on the pushed model, with the batching
-  parameters of ``deploy/serving``;
+* ``model_server``: ``python -m serving.model_server`` on both pushed models (retrieval and
+  ranking, one ``models.config`` as TF Serving reads it), with the batching parameters of
+  ``deploy/serving``;
 * ``redis_url``: a throwaway ``redis-server`` (tests that need it are skipped when the binary is
   missing, and fail under ``CI=true``: ``scripts/install_services.sh``);
 * ``service``: ``python -m service.app`` over gRPC, with Redis as the feature store.
@@ -33,7 +34,9 @@ from tests.conftest import require
 REPO_ROOT = Path(__file__).resolve().parents[2]
 START_TIMEOUT_S = 240
 RUN_DIR_ENV = "SHOPREC_SERVICE_TEST_RUN_DIR"
-SHOP_ARGS = ["--events", "3000", "--users", "300", "--items", "200", "--epochs", "2", "--bless_below_popularity"]
+# The ranking model sees about 1,700 training impressions here: small batches give it enough steps.
+SHOP_ARGS = ["--events", "3000", "--users", "300", "--items", "200", "--epochs", "2", "--bless_below_popularity",
+             "--ranking_batch_size", "64", "--ranking_epochs", "4"]
 
 
 @dataclasses.dataclass
@@ -73,15 +76,29 @@ class TrainedRun:
     def model_base_path(self) -> Path:
         return self.root / "serving" / config.MODEL_NAME
 
+    @property
+    def ranking_model_base_path(self) -> Path:
+        return self.root / "serving" / config.RANKING_MODEL_NAME
+
+    def models_config(self, path: Path) -> Path:
+        """Writes a TF Serving ``models.config`` serving both pushed models; returns ``path``."""
+        path.write_text("model_config_list {\n" + "".join(
+            f'  config {{ name: "{name}" base_path: "{base}" model_platform: "tensorflow" '
+            f"model_version_policy {{ latest {{ num_versions: 1 }} }} }}\n"
+            for name, base in ((config.MODEL_NAME, self.model_base_path),
+                               (config.RANKING_MODEL_NAME, self.ranking_model_base_path))) + "}\n")
+        return path
+
 
 @dataclasses.dataclass(frozen=True)
 class ModelServer:
-    """The model server's endpoints and the version it serves."""
+    """The model server's endpoints and the versions it serves."""
 
     process: Process
     grpc_url: str
     rest_url: str
     version: int
+    ranking_version: int
 
 
 def start(args: list[str], log_path: Path, url: str, ready_path: str, ready_text: str = "") -> Process:
@@ -127,22 +144,35 @@ def trained_run(tmp_path_factory: pytest.TempPathFactory) -> TrainedRun:
     return _TRAINED_RUNS[0]
 
 
+def available_version(rest_url: str, model_name: str) -> int:
+    """The highest AVAILABLE version of ``model_name`` (waits up to START_TIMEOUT_S for one)."""
+    deadline = time.monotonic() + START_TIMEOUT_S
+    while True:
+        reply = requests.get(f"{rest_url}/v1/models/{model_name}", timeout=5)
+        available = [int(entry["version"]) for entry in reply.json().get("model_version_status", [])
+                     if reply.status_code == 200 and entry["state"] == "AVAILABLE"]
+        if available:
+            return max(available)
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"{model_name} has no AVAILABLE version: {reply.text}")
+        time.sleep(0.2)
+
+
 @pytest.fixture(scope="session")
 def model_server(trained_run: TrainedRun, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ModelServer]:
-    """The real model server on the trained model (gRPC and REST, server-side batching on)."""
+    """The real model server on both trained models (gRPC and REST, server-side batching on)."""
     grpc_port, rest_port = portpicker.pick_unused_port(), portpicker.pick_unused_port()
     rest_url = f"http://127.0.0.1:{rest_port}"
-    process = start(["-m", "serving.model_server", f"--model_name={config.MODEL_NAME}",
-                     f"--model_base_path={trained_run.model_base_path}", f"--port={grpc_port}",
-                     f"--rest_api_port={rest_port}", "--bind_address=127.0.0.1", "--enable_batching",
+    work_dir = tmp_path_factory.mktemp("model_server")
+    process = start(["-m", "serving.model_server",
+                     f"--model_config_file={trained_run.models_config(work_dir / 'models.config')}",
+                     f"--port={grpc_port}", f"--rest_api_port={rest_port}", "--bind_address=127.0.0.1",
+                     "--enable_batching",
                      f"--batching_parameters_file={REPO_ROOT / 'deploy' / 'serving' / 'batching_parameters.txt'}"],
-                    tmp_path_factory.mktemp("model_server") / "model_server.log", rest_url,
-                    f"/v1/models/{config.MODEL_NAME}", "AVAILABLE")
+                    work_dir / "model_server.log", rest_url, f"/v1/models/{config.RANKING_MODEL_NAME}", "AVAILABLE")
     try:
-        status = requests.get(f"{rest_url}/v1/models/{config.MODEL_NAME}", timeout=5).json()
-        version = max(int(entry["version"]) for entry in status["model_version_status"]
-                      if entry["state"] == "AVAILABLE")
-        yield ModelServer(process, f"grpc://127.0.0.1:{grpc_port}", rest_url, version)
+        versions = [available_version(rest_url, name) for name in (config.MODEL_NAME, config.RANKING_MODEL_NAME)]
+        yield ModelServer(process, f"grpc://127.0.0.1:{grpc_port}", rest_url, *versions)
     finally:
         process.stop()
 

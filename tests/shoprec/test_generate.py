@@ -59,10 +59,11 @@ def test_same_seed_gives_same_bytes_and_other_seed_differs(tmp_path) -> None:
         generate.write_shop(generate.generate_shop(dataclasses.replace(SMALL, seed=seed)),
                             str(tmp_path / name))
     first, again, other = (_file_bytes(str(tmp_path / name)) for name in "abc")
-    assert set(first) == {features.EVENTS_FILE, features.ITEMS_FILE, features.USERS_FILE} | {
+    assert set(first) == {features.EVENTS_FILE, features.ITEMS_FILE, features.USERS_FILE,
+                          features.IMPRESSIONS_FILE} | {
         os.path.join(features.TRUTH_DIR, name) for name in (
             "truth.npz", generate.USER_TASTES_FILE, generate.ITEM_POPULARITY_FILE,
-            generate.PROCESS_FILE)}
+            generate.PROCESS_FILE, generate.IMPRESSION_TRUTH_FILE)}
     assert first == again
     assert first[features.EVENTS_FILE] != other[features.EVENTS_FILE]
     assert first[features.ITEMS_FILE] != other[features.ITEMS_FILE]
@@ -313,7 +314,7 @@ def test_generator_does_not_import_tensorflow() -> None:
 def test_schema_doc_names_every_canonical_column() -> None:
     with open(os.path.join(REPO, "docs", "data_schema.md"), encoding="utf-8") as handle:
         doc = handle.read()
-    for file_name, columns in features.CANONICAL_FILES.items():
+    for file_name, columns in {**features.CANONICAL_FILES, **features.OPTIONAL_FILES}.items():
         assert file_name in doc
         for column in columns:
             assert f"`{column.name}`" in doc
