@@ -53,6 +53,11 @@ def add_model_flags(parser: argparse.ArgumentParser) -> None:
                             "%(default)s, no tuning)")
     group.add_argument("--model_name", default=MODEL_NAME)
     group.add_argument("--no_cache", action="store_true", help="rerun every component")
+    group.add_argument("--infra_validation", type=parse_bool, default=None, metavar="{true,false}",
+                       help="start the retrieval model in a model server and query it before the "
+                            "Pusher (LocalInfraValidator; a refused model is not pushed); default: "
+                            "false for the local runner (it adds a server start-up to every run), "
+                            "true for the Kubeflow build")
     ranking = parser.add_argument_group("ranking", "the ranking branch: DCN-v2 click and purchase model "
                                                    "(docs/ranking.md)")
     ranking.add_argument("--no_ranking", action="store_true", help="leave the ranking branch out")

@@ -128,6 +128,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         model_name=args.model_name,
         ranking=ranking,
         ranking_model_name=args.ranking_model_name,
+        infra_validation=True if args.infra_validation is None else args.infra_validation,
         enable_cache=not args.no_cache,
         tuner_trials=args.tuner_trials,
     )

@@ -18,7 +18,7 @@ import time
 from collections.abc import Sequence
 
 from pipeline import beam, flags
-from pipeline.run_console import RunConsole
+from pipeline.run_console import RunConsole, reported_by_console
 from shoprec.config import PIPELINE_NAME, ShopConfig
 
 
@@ -96,6 +96,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             model_name=args.model_name,
         ranking=ranking,
         ranking_model_name=args.ranking_model_name,
+        infra_validation=False if args.infra_validation is None else args.infra_validation,
             schema_path=schema.path,
             disabled_features=schema.disabled_features,
             enable_cache=not args.no_cache,
@@ -116,8 +117,10 @@ def cli() -> int:
     (the console already printed the failing component, the cause and the log's path)."""
     try:
         return main()
-    except Exception:  # noqa: BLE001 - reported by RunConsole; the full traceback is in the log
-        return 1
+    except Exception as error:  # noqa: BLE001 - only a failure RunConsole already reported
+        if reported_by_console(error):
+            return 1
+        raise
 
 
 if __name__ == "__main__":

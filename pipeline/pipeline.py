@@ -16,6 +16,7 @@ from tfx import v1 as tfx
 
 from components.anomalies_gate import AnomaliesGate
 from components.events_example_gen import EventsExampleGen
+from components.infra_validator import local_infra_validator
 from components.ranking_example_gen import RankingExampleGen
 from components.retrieval_evaluator import RetrievalEvaluator
 from pipeline.run_schema import CURATED_SCHEMA
@@ -38,6 +39,7 @@ RANKING_RUN_FN = "ranking_trainer_module.run_fn"
 # Node ids. Both resolvers filter by producer, so neither branch sees the other's models.
 TRAINER = "Trainer"
 RETRIEVAL_EVALUATOR = "RetrievalEvaluator"
+INFRA_VALIDATOR = "InfraValidator"
 RANKING_EXAMPLE_GEN = "RankingExampleGen"
 RANKING_TRANSFORM = "RankingTransform"
 RANKING_TRAINER = "RankingTrainer"
@@ -88,6 +90,7 @@ def create_pipeline(
     tuner_trials: int = 0,
     ranking: RankingConfig | None = RankingConfig(),
     ranking_model_name: str = RANKING_MODEL_NAME,
+    infra_validation: bool = False,
 ) -> tfx.dsl.Pipeline:
     """Builds the pipeline.
 
@@ -111,6 +114,9 @@ def create_pipeline(
       ranking: the ranking model's settings; None leaves the ranking branch out.
       ranking_model_name: TF Serving name of the ranking model (its own folder under
         ``serving_dir``).
+      infra_validation: run the retrieval model in a model server before the Pusher
+        (LocalInfraValidator, LOAD_AND_QUERY on eval examples); the Pusher then needs its
+        blessing too (docs/production_loop.md).
 
     Returns:
       A ``tfx.dsl.Pipeline`` with ExampleGen, StatisticsGen, ImportSchemaGen, ExampleValidator,
@@ -171,8 +177,12 @@ def create_pipeline(
         ks=json.dumps(list(evaluation.ks)), blessing_metric=evaluation.blessing_metric,
         min_blessing_value=evaluation.min_blessing_value,
         must_beat_popularity=int(evaluation.must_beat_popularity))
+    infra_validator = local_infra_validator(
+        trainer.outputs["model"], example_gen.outputs["examples"], model_name=model_name,
+    ).with_id(INFRA_VALIDATOR) if infra_validation else None
     pusher = tfx.components.Pusher(
         model=trainer.outputs["model"], model_blessing=evaluator.outputs["blessing"],
+        infra_blessing=infra_validator.outputs["blessing"] if infra_validator else None,
         push_destination=tfx.proto.PushDestination(
             filesystem=tfx.proto.PushDestination.Filesystem(
                 base_directory=os.path.join(serving_dir, model_name))))
@@ -182,7 +192,8 @@ def create_pipeline(
         pipeline_name=pipeline_name,
         pipeline_root=pipeline_root,
         components=[example_gen, schema_gen, statistics_gen, example_validator, gate, transform,
-                    *([tuner] if tuner else []), trainer, last_blessed, evaluator, pusher,
+                    *([tuner] if tuner else []), trainer, last_blessed, evaluator,
+                    *([infra_validator] if infra_validator else []), pusher,
                     *ranking_components],
         enable_cache=enable_cache,
         metadata_connection_config=metadata_connection_config,

@@ -31,6 +31,12 @@ _RUNNING = "Component %s is running."
 _FINISHED = "Component %s is finished."
 _CACHED = "A cached execution %d is used."
 STILL_RUNNING_AFTER_S = 20.0
+_REPORTED = "_reported_by_run_console"
+
+
+def reported_by_console(error: BaseException) -> bool:
+    """Whether a :class:`RunConsole` already printed ``error`` (component, cause, log path)."""
+    return getattr(error, _REPORTED, False)
 
 
 class _ComponentProgress(logging.Handler):
@@ -145,6 +151,7 @@ class RunConsole:
         if self._log_file is not None:
             self._log_file.close()
         if error is not None:
+            setattr(error, _REPORTED, True)
             where = f"component {self._progress.running} failed" if self._progress.running else "the run failed"
             cause = str(error).strip().splitlines()
             print(f"FAILED: {where}: {type(error).__name__}: {cause[0] if cause else ''}", file=sys.stderr)

@@ -27,7 +27,7 @@ ROOT = Path(__file__).resolve().parents[2]
 IMAGE = "registry.example.com/shoprec-pipeline:0.1.0"
 BUCKET = "gs://shoprec-test-bucket/shoprec"
 COMPONENTS = {"EventsExampleGen", "ImportSchemaGen", "StatisticsGen", "ExampleValidator",
-              "AnomaliesGate", "Transform", "Trainer", "RetrievalEvaluator", "Pusher",
+              "AnomaliesGate", "Transform", "Trainer", "RetrievalEvaluator", "InfraValidator", "Pusher",
               "RankingExampleGen", "RankingTransform", "RankingTrainer", "RankingEvaluator", "RankingPusher"}
 RESOLVER_TASKS = {f"{resolver}-{channel}-resolver" for resolver in ("latest_blessed_model_resolver",
                                                                      "ranking_model_resolver")
@@ -118,6 +118,16 @@ def test_remote_paths_and_hyperparameters_reach_the_components(compiled) -> None
     trainer = json.loads(_parameter(tasks["Trainer"], "custom_config"))
     assert trainer["epochs"] == 5 and trainer["learning_rate"] == 0.05
     assert trainer["items_path"] == f"{BUCKET}/data/items.csv"
+
+
+def test_the_pusher_needs_the_infra_validators_blessing(compiled, tmp_path: Path) -> None:
+    _, document = compiled
+    pusher = document["root"]["dag"]["tasks"]["Pusher"]
+    assert pusher["inputs"]["artifacts"]["infra_blessing"]["taskOutputArtifact"] == {
+        "outputArtifactKey": "blessing", "producerTask": "InfraValidator"}
+    without = _compile(tmp_path / "p.yaml", "--infra_validation", "false")
+    assert "InfraValidator" not in without["root"]["dag"]["tasks"]
+    assert "infra_blessing" not in without["root"]["dag"]["tasks"]["Pusher"]["inputs"]["artifacts"]
 
 
 def test_beam_components_get_the_dataflow_profile_on_the_image(compiled) -> None:

@@ -96,3 +96,20 @@ def test_a_failure_names_the_component_the_cause_and_the_log(tmp_path: Path) -> 
     assert "  second line" in result.stderr
     assert f"full log: {tmp_path / 'pipeline.log'}" in result.stderr
     assert "Traceback" in (tmp_path / "pipeline.log").read_text()
+
+
+def test_the_runner_hides_only_the_traceback_the_console_reported(tmp_path: Path, monkeypatch) -> None:
+    from pipeline import local_runner
+
+    def fails_before_the_console() -> int:
+        raise ValueError("conflicting option string: --seed")
+
+    def fails_inside_the_console() -> int:
+        with RunConsole(str(tmp_path), interactive=False):
+            raise ValueError("no examples")
+
+    monkeypatch.setattr(local_runner, "main", fails_before_the_console)
+    with pytest.raises(ValueError, match="--seed"):  # not a silent exit status 1
+        local_runner.cli()
+    monkeypatch.setattr(local_runner, "main", fails_inside_the_console)
+    assert local_runner.cli() == 1
