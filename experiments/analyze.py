@@ -118,10 +118,21 @@ def bandit_sections(config: "ExperimentConfig", requests: "pd.DataFrame", events
                 srm_parts.append((scene_counts, propensity / propensity.sum()))
             counts[t] += scene_counts
         allocation[t] = counts[t] / max(counts[t].sum(), 1)
-    srm = stats.srm_test_adaptive(np.array([c for c, _ in srm_parts]),
-                                  np.array([a for _, a in srm_parts]))
-    notes.append(f"adaptive SRM over {len(srm_parts)} (day, scene) cells against each cell's"
-                 f" logged allocation: p = {srm.p_value:.3g} ({'pass' if srm.passed else 'FAIL'})")
+    # A period's allocation is constant when the propensities logged in each of its (scene,
+    # arm) cells are (the in-process simulator updates its bandit per period); a live bandit
+    # updates with every request, so its gate weighs each request by its own propensity.
+    constant = requests.groupby([period, requests[exposure.SCENE], requests[exposure.ARM]])[
+        exposure.PROPENSITY].std().fillna(0.0).max() < 1e-9
+    if constant and srm_parts:
+        srm = stats.srm_test_adaptive(np.array([c for c, _ in srm_parts]),
+                                      np.array([a for _, a in srm_parts]))
+        notes.append(f"adaptive SRM over {len(srm_parts)} (day, scene) cells against each cell's"
+                     f" logged allocation: p = {srm.p_value:.3g} ({'pass' if srm.passed else 'FAIL'})")
+    else:
+        srm = stats.srm_test_propensity(arm_index, requests[exposure.PROPENSITY].to_numpy(), len(arms))
+        notes.append(f"SRM of a live bandit: each arm's Horvitz-Thompson count (sum of 1 / logged"
+                     f" propensity) against the {len(requests):,} requests, Bonferroni over the arms:"
+                     f" p = {srm.p_value:.3g} ({'pass' if srm.passed else 'FAIL'})")
     plots["allocation"] = report.plot_allocation(
         dict(zip(arms, allocation.T)), os.path.join(out_dir, f"{config.name}_allocation.png"),
         f"{config.name}: share of requests per arm and day")

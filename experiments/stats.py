@@ -275,6 +275,43 @@ def srm_test_adaptive(counts: np.ndarray, allocation: np.ndarray,
                      statistic, dof, p_value, threshold)
 
 
+def srm_test_propensity(arm_index: np.ndarray, propensity: np.ndarray, n_arms: int,
+                        threshold: float = SRM_P_THRESHOLD) -> SrmResult:
+    """SRM check of a live bandit, whose allocation changes with every request.
+
+    Each request logs the probability ``p_i`` its arm had. If the logged propensities are the
+    real ones, the Horvitz-Thompson count ``X_k = sum_{i: a_i = k} 1 / p_i`` of every arm has
+    expectation ``N`` (all requests), with a variance estimated without bias by
+    ``sum_{i: a_i = k} (1 - p_i) / p_i^2``. Each arm gets ``z_k = (X_k - N) / sqrt(V_k)``; the
+    p-value is Bonferroni's over the K arms of the largest ``|z_k|``.
+
+    Args:
+      arm_index: (n,) int arm of each request, in [0, n_arms).
+      propensity: (n,) its logged probability, in (0, 1].
+      n_arms: number of arms K (an arm never chosen gets X_k = 0).
+      threshold: p below this fails the gate.
+
+    Returns:
+      ``observed``: the X_k; ``expected``: N per arm; ``statistic``: max z_k^2; ``dof``: K.
+    """
+    arm_index = np.asarray(arm_index, dtype=np.int64)
+    propensity = np.asarray(propensity, dtype=np.float64)
+    if arm_index.shape != propensity.shape or arm_index.ndim != 1 or arm_index.size == 0:
+        raise ValueError(f"need equal non-empty 1-D arrays, got {arm_index.shape} and {propensity.shape}")
+    if np.any((propensity <= 0) | (propensity > 1)) or np.any((arm_index < 0) | (arm_index >= n_arms)):
+        raise ValueError("propensities must be in (0, 1] and arms in [0, n_arms)")
+    n = float(arm_index.size)
+    weighted = np.bincount(arm_index, weights=1.0 / propensity, minlength=n_arms)
+    variance = np.bincount(arm_index, weights=(1.0 - propensity) / propensity ** 2, minlength=n_arms)
+    # An arm never chosen has no variance estimate; with N in its place z = -sqrt(N), which
+    # fails the gate once N is large (under a floor an arm cannot go unchosen for long).
+    variance = np.where(variance > 0, variance, n)
+    z = (weighted - n) / np.sqrt(variance)
+    statistic = float(np.max(z ** 2))
+    p_value = float(min(1.0, n_arms * 2.0 * scipy_stats.norm.sf(math.sqrt(statistic))))
+    return SrmResult(tuple(weighted.tolist()), (n,) * n_arms, statistic, n_arms, p_value, threshold)
+
+
 def cuped(values: np.ndarray, covariate: np.ndarray) -> tuple[np.ndarray, float]:
     """CUPED: ``y - theta (x - mean(x))`` with ``theta = cov(x, y) / var(x)``.
 

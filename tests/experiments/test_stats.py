@@ -128,3 +128,25 @@ def test_power_calculator_with_unequal_variances_matches_statsmodels_and_hand():
     assert stats.power(4.0, stats.sample_size_per_arm(4.0, 0.5), 0.5, 0.05, treatment) < 0.8
     with pytest.raises(ValueError, match="variances > 0"):
         stats.sample_size_per_arm(4.0, 0.5, treatment_variance=0.0)
+
+
+def test_srm_of_a_live_bandit_weighs_each_request_by_its_logged_propensity():
+    # Hand case: 4 requests, arm 0 with p = 0.5, 0.5 and arm 1 with p = 0.5, 0.5:
+    # X_0 = X_1 = 4 = N, so z = 0 and p = 1.
+    result = stats.srm_test_propensity(np.array([0, 0, 1, 1]), np.array([0.5, 0.5, 0.5, 0.5]), 2)
+    assert result.observed == (4.0, 4.0) and result.expected == (4.0, 4.0) and result.p_value == 1.0
+    # X_0 = 1/0.25 = 4, V_0 = 0.75/0.0625 = 12; X_1 = 3/0.75 = 4, V_1 = 3 * 0.25/0.5625: both z = 0.
+    result = stats.srm_test_propensity(np.array([0, 1, 1, 1]), np.array([0.25, 0.75, 0.75, 0.75]), 2)
+    assert result.observed == pytest.approx((4.0, 4.0)) and result.p_value == pytest.approx(1.0)
+    rng = np.random.default_rng(5)
+    n = 20_000
+    p_one = np.clip(np.linspace(0.5, 0.98, n), 0.02, 0.98)  # an allocation drifting to arm 1
+    arms = (rng.random(n) < p_one).astype(int)
+    logged = np.where(arms == 1, p_one, 1 - p_one)
+    assert stats.srm_test_propensity(arms, logged, 2).passed
+    # Propensities logged wrong (0.5 while the allocation drifted): flagged.
+    assert not stats.srm_test_propensity(arms, np.full(n, 0.5), 2).passed
+    # An arm the bandit never chose although it logged a floor: flagged.
+    assert not stats.srm_test_propensity(np.ones(n, dtype=int), np.full(n, 0.98), 2).passed
+    with pytest.raises(ValueError, match="propensities"):
+        stats.srm_test_propensity(np.array([0, 1]), np.array([0.0, 1.0]), 2)
