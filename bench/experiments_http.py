@@ -27,6 +27,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -200,8 +201,13 @@ def run_experiment(experiment_file: str, run_dir: str, model_url: str, work_dir:
                 <= primary.result.ci_high))
         result["true_difference_in_ci"] = bool(primary.result.ci_low <= true_difference <= primary.result.ci_high)
     for name in os.listdir(report_dir):
-        if name.endswith((".png", ".md")):
+        if name.endswith(".png"):
             shutil.copy(os.path.join(report_dir, name), os.path.join(RESULTS, f"experiments_http_{name}"))
+        elif name.endswith(".md"):  # its images are copied under the prefix too
+            with open(os.path.join(report_dir, name), encoding="utf-8") as handle:
+                text = re.sub(r"\]\(([^)/]+\.png)\)", r"](experiments_http_\1)", handle.read())
+            with open(os.path.join(RESULTS, f"experiments_http_{name}"), "w", encoding="utf-8") as handle:
+                handle.write(text)
     return result
 
 
@@ -223,6 +229,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from bench.generate import machine_info, write_report
     from shoprec import config as shop_config
 
+    commit = _commit()  # the code that runs (HEAD may move on while it does)
     experiments = [os.path.abspath(path) for path in (args.experiment or DEFAULT_EXPERIMENTS)]
     run_dir = os.path.abspath(args.run_dir)
     work = tempfile.mkdtemp(prefix="experiments_http-")
@@ -251,7 +258,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     report = {
         "benchmark": "experiments end to end through the HTTP service, analysed from its own event log (issue 15)",
         "command": "python -m bench.experiments_http " + " ".join(argv if argv is not None else sys.argv[1:]),
-        "commit": _commit(),
+        "commit": commit,
         "machine": machine_info(),
         "shop": shop,
         "model": {"run_dir": run_dir, "pushed_version": run_summary.get("pushed_version"),

@@ -133,9 +133,17 @@ def bandit_sections(config: "ExperimentConfig", requests: "pd.DataFrame", events
         notes.append(f"SRM of a live bandit: each arm's Horvitz-Thompson count (sum of 1 / logged"
                      f" propensity) against the {len(requests):,} requests, Bonferroni over the arms:"
                      f" p = {srm.p_value:.3g} ({'pass' if srm.passed else 'FAIL'})")
-    plots["allocation"] = report.plot_allocation(
-        dict(zip(arms, allocation.T)), os.path.join(out_dir, f"{config.name}_allocation.png"),
-        f"{config.name}: share of requests per arm and day")
+    if constant or periods.size > 1:
+        plots["allocation"] = report.plot_allocation(
+            dict(zip(arms, allocation.T)), os.path.join(out_dir, f"{config.name}_allocation.png"),
+            f"{config.name}: share of requests per arm and day")
+    else:  # a live bandit within one day: its allocation over windows of requests, in log order
+        windows = np.array_split(arm_index, min(40, max(1, arm_index.size // 100)))
+        shares = np.array([np.bincount(window, minlength=len(arms)) / window.size for window in windows])
+        plots["allocation"] = report.plot_allocation(
+            dict(zip(arms, shares.T)), os.path.join(out_dir, f"{config.name}_allocation.png"),
+            f"{config.name}: share of requests per arm, {windows[0].size:,}-request windows",
+            xlabel="window of requests (log order)")
     truth_path = os.path.join(events_dir, TRUTH_FILE)
     if os.path.isfile(truth_path):
         with open(truth_path, encoding="utf-8") as handle:

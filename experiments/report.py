@@ -62,14 +62,15 @@ def plot_curves(curves: Mapping[str, np.ndarray], path: str, ylabel: str, title:
     return path
 
 
-def plot_allocation(allocation: Mapping[str, np.ndarray], path: str, title: str) -> str:
-    """Stacked share of traffic per arm over periods; returns path."""
+def plot_allocation(allocation: Mapping[str, np.ndarray], path: str, title: str,
+                    xlabel: str = "period") -> str:
+    """Stacked share of traffic per arm over periods (or request windows); returns path."""
     plt = _pyplot()
     figure, axis = plt.subplots(figsize=(7, 4))
     names = list(allocation)
     values = np.vstack([allocation[name] for name in names])
     axis.stackplot(np.arange(values.shape[1]), values, labels=names)
-    axis.set_xlabel("period")
+    axis.set_xlabel(xlabel)
     axis.set_ylabel("share of requests")
     axis.set_ylim(0, 1)
     axis.set_title(title, fontsize=10)
