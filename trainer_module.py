@@ -1,5 +1,9 @@
 """TFX Trainer and Tuner module: trains the TFRS two-tower model, exports the serving model.
 
+The model is built and trained by :mod:`shoprec.model.training` (the benchmark's path too); this
+module wires it into TFX: it reads Transform's examples, carves the validation slice out of the
+train period and exports the serving model with a user snapshot of train and eval.
+
 ``run_fn`` and ``tuner_fn`` read their settings from ``fn_args.custom_config`` (keys: the fields
 of :class:`shoprec.config.TrainConfig`, ``history_length``, ``items_path`` (the catalogue's
 ``items.csv``) and, for the tuner, ``tuner_trials``).
@@ -7,6 +11,9 @@ of :class:`shoprec.config.TrainConfig`, ``history_length``, ``items_path`` (the 
 
 
 import dataclasses
+import json
+import os
+import time
 from typing import Any
 
 import keras_tuner
@@ -20,11 +27,11 @@ from tfx_bsl.public import tfxio
 from shoprec import features
 from shoprec.config import TrainConfig
 from shoprec.data import canonical, point_in_time
-from shoprec.model import export, scann_index, two_tower
+from shoprec.model import export, scann_index, training, two_tower
 
 _SNAPSHOT_COLUMNS = (features.USER_ID, features.AGE_GROUP_FEATURE.transformed_name, features.ITEM_ID,
                      features.EVENT_ID, features.TIMESTAMP)
-_TRAIN_COLUMNS = (features.ITEM_ID_FEATURE.transformed_name, features.TIMESTAMP)
+TRAINING_REPORT = "training.json"  # in the Trainer's ModelRun: config, epochs, validation per epoch
 
 
 def vocabulary_sizes(tft_output: tft.TFTransformOutput,
@@ -100,10 +107,15 @@ def train_config(custom_config: dict[str, Any]) -> TrainConfig:
 # (The temperature is not searched: it rescales the loss the tuner compares.)
 TUNED = {"learning_rate": (0.02, 0.05, 0.1), "embedding_dim": (32, 64),
          "pooling": two_tower.POOLINGS}
+# What run_fn reads of each training example: the model's features, plus what the user snapshot,
+# the validation carve-out and all-position training need.
+_READ_COLUMNS = training.MODEL_COLUMNS + (features.USER_ID, features.EVENT_ID, features.TIMESTAMP)
 
 
 class _Inputs:
-    """What both tuner_fn and run_fn read: config, Transform output, datasets, item counts."""
+    """What both tuner_fn and run_fn read: config, Transform output, the train split's columns
+    split into the examples trained on and the held-out validation slice (latest
+    ``validation_fraction`` of the train period; the eval split is never read for training)."""
 
     def __init__(self, fn_args: tfx.components.FnArgs):
         self.config = train_config(fn_args.custom_config)
@@ -117,33 +129,41 @@ class _Inputs:
         self.tft_output = tft.TFTransformOutput(fn_args.transform_output
                                                 or fn_args.transform_graph_path)
         self._fn_args = fn_args
-        self.columns = read_columns(self.dataset(fn_args.train_files, shuffle=False), _TRAIN_COLUMNS)
+        self.columns = read_columns(self.dataset(fn_args.train_files), _READ_COLUMNS)
         self.sizes = vocabulary_sizes(self.tft_output, self.config.user_id_hash_buckets)
-        logging.info("vocabulary sizes %s; %d training examples", self.sizes,
-                     len(self.columns[features.TIMESTAMP]))
-        self.probability = None
-        if self.config.logq_correction:
-            self.probability = two_tower.sampling_probability(
-                self.columns[features.ITEM_ID_FEATURE.transformed_name], self.sizes.items)
+        held = training.validation_mask(self.columns[features.TIMESTAMP], self.config.validation_fraction)
+        self.fitted = {name: values[~held] for name, values in self.columns.items()}
+        self.held_out = {name: values[held] for name, values in self.columns.items()}
+        logging.info("vocabulary sizes %s; %d training examples, %d held out for validation", self.sizes,
+                     int((~held).sum()), int(held.sum()))
+        self.catalogue = training.catalogue_from_examples(self.columns, self.sizes.items)
+        self.probability = two_tower.sampling_probability(
+            self.fitted[features.ITEM_ID_FEATURE.transformed_name], self.sizes.items)
 
-    def dataset(self, files: list[str], shuffle: bool) -> tf.data.Dataset:
+    def dataset(self, files: list[str]) -> tf.data.Dataset:
+        """One unshuffled pass over Transform's examples in ``files``."""
         return self._fn_args.data_accessor.tf_dataset_factory(
-            files, tfxio.TensorFlowDatasetOptions(batch_size=self.config.batch_size,
-                                                  num_epochs=1, shuffle=shuffle, shuffle_seed=0),
+            files, tfxio.TensorFlowDatasetOptions(batch_size=8192, num_epochs=1, shuffle=False),
             self.tft_output.transformed_metadata.schema)
 
+    def validation(self) -> training.HeldOutValidation | None:
+        """The held-out slice's NDCG@10 (None: no slice, or no user in it to evaluate)."""
+        if not len(self.held_out[features.TIMESTAMP]):
+            return None
+        validation = training.HeldOutValidation(self.fitted, self.held_out)
+        return validation if validation.users else None
+
     def build_model(self, config: TrainConfig) -> two_tower.TwoTowerModel:
-        model = two_tower.TwoTowerModel(self.sizes, self.probability,
-                                        output_dim=config.embedding_dim,
-                                        temperature=config.temperature, pooling=config.pooling,
-                                        history_length=self.history_length)
-        model.compile(optimizer=tf.keras.optimizers.Adagrad(learning_rate=config.learning_rate))
-        return model
+        return training.build_model(self.sizes, config, self.history_length, self.catalogue, self.probability)
 
 
 def tuner_fn(fn_args: tfx.components.FnArgs) -> tfx.components.TunerFnResult:
-    """TFX Tuner entry point: a small random search over :data:`TUNED` on the eval loss."""
+    """TFX Tuner entry point: a small random search over :data:`TUNED` on the held-out slice's loss
+    (needs ``validation_fraction`` > 0; the eval split is not read)."""
     inputs = _Inputs(fn_args)
+    if not len(inputs.held_out[features.TIMESTAMP]):
+        raise ValueError("the Tuner validates on the held-out slice of the train period: set "
+                         "validation_fraction > 0")
 
     def build(hp: keras_tuner.HyperParameters) -> tf.keras.Model:
         chosen = {name: hp.Choice(name, list(values)) for name, values in TUNED.items()}
@@ -154,24 +174,49 @@ def tuner_fn(fn_args: tfx.components.FnArgs) -> tfx.components.TunerFnResult:
         max_trials=int(fn_args.custom_config.get("tuner_trials", 4)), seed=0,
         directory=fn_args.working_dir, project_name="two_tower")
     return tfx.components.TunerFnResult(tuner=tuner, fit_kwargs={
-        "x": inputs.dataset(fn_args.train_files, shuffle=True),
-        "validation_data": inputs.dataset(fn_args.eval_files, shuffle=False),
+        "x": training.example_dataset(inputs.fitted, inputs.config),
+        "validation_data": training.example_dataset(inputs.held_out, inputs.config),
         "epochs": inputs.config.epochs, "verbose": 2})
 
 
+def train_model(inputs: _Inputs, began: float | None = None
+                ) -> tuple[two_tower.TwoTowerModel, training.FitResult]:
+    """Builds and fits the model on the train split's examples, early-stopping on its held-out
+    slice (``began``: when the time budget started; default now); with ``refit``, then trains a
+    fresh model on all of them for the best epoch count."""
+    config = inputs.config
+    tf.keras.utils.set_random_seed(config.seed)
+    model = inputs.build_model(config)
+    validation = inputs.validation()
+    result = training.fit(model, training.example_dataset(inputs.fitted, config), config,
+                          validate=validation, log=logging.info, began=began)
+    if config.refit and validation is not None:
+        # The best epoch count, on every train example: the held-out slice is the latest data.
+        every = {name: np.concatenate([inputs.fitted[name], inputs.held_out[name]]) for name in inputs.fitted}
+        tf.keras.utils.set_random_seed(config.seed)
+        model = inputs.build_model(config)
+        refit_config = dataclasses.replace(config, epochs=result.best_epoch, time_budget_s=0.0)
+        refit = training.fit(model, training.example_dataset(every, refit_config), refit_config, log=logging.info)
+        result = dataclasses.replace(result, refit_epochs=refit.epochs_run,
+                                     total_seconds=result.total_seconds + refit.total_seconds)
+    return model, result
+
+
 def run_fn(fn_args: tfx.components.FnArgs) -> None:
-    """TFX Trainer entry point."""
+    """TFX Trainer entry point: :func:`shoprec.model.training.build_model` and ``fit`` (early
+    stopping on the held-out slice of the train period), then the export."""
+    began = time.perf_counter()
     inputs = _Inputs(fn_args)
     config, tft_output = inputs.config, inputs.tft_output
     history_length = inputs.history_length
-    tf.keras.utils.set_random_seed(0)
-    model = inputs.build_model(config)
-    history = model.fit(inputs.dataset(fn_args.train_files, shuffle=True), epochs=config.epochs,
-                        validation_data=inputs.dataset(fn_args.eval_files, shuffle=False),
-                        verbose=2)
-    logging.info("training losses %s", history.history)
+    model, result = train_model(inputs, began)
+    logging.info("trained %d epochs (kept %d, stopped by %s) in %.1f s; history %s", result.epochs_run,
+                 result.best_epoch, result.stopped_by, result.total_seconds, result.history)
+    tf.io.gfile.makedirs(fn_args.model_run_dir)
+    with tf.io.gfile.GFile(os.path.join(fn_args.model_run_dir, TRAINING_REPORT), "w") as f:
+        json.dump({"config": dataclasses.asdict(config), **dataclasses.asdict(result)}, f, indent=2)
 
-    every_example = [read_columns(inputs.dataset(files, shuffle=False), _SNAPSHOT_COLUMNS)
+    every_example = [read_columns(inputs.dataset(files), _SNAPSHOT_COLUMNS)
                      for files in (fn_args.train_files, fn_args.eval_files)]
     user_ids, age_groups, histories = user_snapshot(
         {name: np.concatenate([split[name] for split in every_example]) for name in _SNAPSHOT_COLUMNS},

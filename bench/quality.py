@@ -28,11 +28,12 @@ import numpy as np
 
 from bench.generate import machine_info, write_report
 from shoprec import features
+from shoprec.config import TrainConfig
 
 # The data and model modules (TensorFlow, pandas, SciPy) are imported in the functions that use
 # them, so that --help answers at once and without TensorFlow's warnings.
 if TYPE_CHECKING:
-    from shoprec.model import sequence_training as st
+    from shoprec.model import leave_one_out as st
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEFAULT_DATA = os.path.join(REPO, "..", "shared", "datasets", "amazon-beauty")
@@ -56,21 +57,22 @@ PUBLISHED: dict[str, dict[str, float]] = {
 OURS = ("two_tower", "popularity", "item_knn", "als")
 LABELS = {"two_tower": "two-tower (ours)", "popularity": "popularity (ours)",
           "item_knn": "item-kNN (ours)", "als": "ALS (ours)"}
-# Command-line option (its ``dest``) -> the ``SequenceConfig`` field it sets. The options have
-# no argparse default: unset, the field keeps its ``SequenceConfig`` default, so the model
-# module (TensorFlow) is imported only after the arguments are parsed.
+# Command-line option (its ``dest``) -> the ``TrainConfig`` field it sets (the pipeline's flag of
+# the same field). The options have no argparse default: unset, the field keeps the benchmark's
+# default (``leave_one_out.BEAUTY``), so the model module (TensorFlow) is imported only after the
+# arguments are parsed. ``--dim``, ``--negatives`` and ``--item-attributes`` set more than one
+# field: see :func:`train_config`.
 CONFIG_OPTIONS = {
-    "max_length": "max_length", "dim": "embedding_dim", "blocks": "blocks", "heads": "heads",
-    "dropout": "dropout", "normalize": "normalize", "temperature": "temperature",
-    "user_id": "use_user_id", "item_attributes": "item_attributes", "negatives": "negatives",
+    "blocks": "attention_blocks", "heads": "attention_heads", "dropout": "dropout",
+    "normalize": "normalize", "temperature": "temperature", "user_id": "use_user_id",
     "batch_size": "batch_size", "learning_rate": "learning_rate", "epochs": "epochs",
-    "patience": "patience", "eval_every": "eval_every", "seed": "seed",
+    "patience": "patience", "eval_every": "validate_every", "seed": "seed",
 }
 
 
 def reported() -> tuple[str, ...]:
     """The metrics of the report and the table: HR and NDCG at each cut-off of ``st.KS``."""
-    from shoprec.model import sequence_training as st
+    from shoprec.model import leave_one_out as st
 
     return tuple(f"{m}@{k}" for m in ("hitrate", "ndcg") for k in st.KS)
 
@@ -87,7 +89,7 @@ def load_data(path: str, item_attributes: bool) -> tuple[st.SequenceData, int]:
     adapter (``Beauty_item2attributes.json``), the same values the pipeline would see.
     """
     from shoprec.data import importer
-    from shoprec.model import sequence_training as st
+    from shoprec.model import leave_one_out as st
 
     sequences = importer.load_amazon_beauty_sequences(path)
     attributes = amazon_item_attributes(path) if item_attributes else None
@@ -145,7 +147,7 @@ def _select_on_validation(name: str, setting: str, scorers: dict[int, Scorer],
                           data: st.SequenceData, log: Callable[[str], None]
                           ) -> tuple[int, Scorer, dict[int, dict[str, float]]]:
     """Validates each setting's scorer; returns the best setting, its scorer and every result."""
-    from shoprec.model import sequence_training as st
+    from shoprec.model import leave_one_out as st
 
     valid = {}
     for value, scorer in scorers.items():
@@ -172,7 +174,7 @@ def evaluate_baselines(data: st.SequenceData, neighbours: Sequence[int],
     refitted on the training and validation items for the test (``item_knn_refit``), which
     the model is not.
     """
-    from shoprec.model import sequence_training as st
+    from shoprec.model import leave_one_out as st
 
     valid_h, test_h, n = data.valid_histories(), data.test_histories(), data.n_items
     results: dict = {"valid": {}, "test": {}}
@@ -204,30 +206,63 @@ def _rounded(metrics: dict[str, float], names: Sequence[str] | None = None) -> d
             for name in (reported() if names is None else names)}
 
 
-def run(data: st.SequenceData, config: st.SequenceConfig,
+def train_config(args: argparse.Namespace) -> TrainConfig:
+    """The benchmark's :class:`~shoprec.config.TrainConfig`: ``leave_one_out.BEAUTY`` with the
+    options given.
+
+    ``--dim`` sets both the item embedding and the tower outputs; ``--negatives N`` switches to
+    the sampled softmax with N items (0: the full softmax); ``--item-attributes`` and
+    ``--user-id`` put a linear head on the towers (their inputs are then wider than ``--dim``).
+    """
+    from shoprec.model import leave_one_out as st
+
+    changes = {field: getattr(args, dest) for dest, field in CONFIG_OPTIONS.items()
+               if getattr(args, dest) is not None}
+    if args.dim is not None:
+        changes.update(embedding_dim=args.dim, item_embedding_dim=args.dim)
+    if args.negatives is not None:
+        changes.update(loss="sampled_softmax", negatives=args.negatives) if args.negatives else (
+            changes.update(loss="full_softmax"))
+    if args.item_attributes is not None:
+        changes["candidate_attributes"] = args.item_attributes
+    config = dataclasses.replace(st.BEAUTY, **changes,
+                                 time_budget_s=args.time_budget_min * 60 if args.time_budget_min > 0 else 0.0)
+    if config.candidate_attributes or config.use_user_id:
+        config = dataclasses.replace(config, projection="linear")
+    return config
+
+
+def run(data: st.SequenceData, config: TrainConfig,
         knn_neighbours: Sequence[int] = KNN_NEIGHBOURS,
         log: Callable[[str], None] = print,
-        als_factors: Sequence[int] = ALS_FACTORS) -> dict[str, object]:
+        als_factors: Sequence[int] = ALS_FACTORS,
+        max_length: int | None = None) -> dict[str, object]:
     """Trains and evaluates the two-tower model and the baselines on ``data``.
+
+    The model is built and trained by :mod:`shoprec.model.training`, the pipeline Trainer's path
+    (through :func:`shoprec.model.leave_one_out.train`); ``max_length`` (default
+    ``leave_one_out.MAX_LENGTH``) is its history length.
 
     Returns:
       ``test`` and ``valid`` metrics per method, ``training`` (time, epochs, per-epoch
       validation), ``hyperparameters`` and ``targets`` (which acceptance targets are met).
     """
-    from shoprec.model import sequence_training as st
+    from shoprec.model import leave_one_out as st
 
     log(f"baselines on {len(data.users):,} users, {data.n_items:,} items")
     began = time.perf_counter()
     base = evaluate_baselines(data, knn_neighbours, log, als_factors)
     baseline_seconds = time.perf_counter() - began
-    log(f"training the two-tower model ({config})")
-    result = st.train(data, config, log=log)
+    max_length = st.MAX_LENGTH if max_length is None else max_length
+    log(f"training the two-tower model ({config}, history {max_length})")
+    trained = st.train(data, config, max_length, log=log)
+    result = trained.fit
     log(f"trained in {result.total_seconds / 60:.1f} min ({result.epochs_run} epochs, best "
         f"{result.best_epoch}, stopped by {result.stopped_by}); evaluating on the test items")
-    scorer = st.model_scorer(result.model, config.max_length)
+    scorer = st.model_scorer(trained.model, max_length)
     test = dict(base["test"], two_tower=st.evaluate(scorer, data.test_histories(), data.test,
                                                     data.n_items, shortlist=True))
-    valid = dict(base["valid"], two_tower=result.best_valid)
+    valid = dict(base["valid"], two_tower=trained.best_valid)
     ours = test["two_tower"]
     sasrec, duorec = PUBLISHED["SASRec"], PUBLISHED["DuoRec"]
     targets = {
@@ -267,13 +302,14 @@ def run(data: st.SequenceData, config: st.SequenceConfig,
                                              "for the test; reference only (the model is not "
                                              "refitted)",
                       "seconds": round(baseline_seconds, 1)},
-        "hyperparameters": dataclasses.asdict(config),
+        "hyperparameters": {**dataclasses.asdict(config), "max_length": max_length},
+        "training_path": "shoprec.model.training.build_model and fit (the pipeline Trainer's)",
     }
 
 
 def render_table(report: dict[str, object]) -> str:
     """Ours (all cut-offs) and the published numbers (HR@10/NDCG@10), one line each."""
-    from shoprec.model import sequence_training as st
+    from shoprec.model import leave_one_out as st
 
     head = (f"{'method':<24}" + "".join(f"{'HR@' + str(k):>9}" for k in st.KS)
             + "".join(f"{'NDCG@' + str(k):>9}" for k in st.KS))
@@ -369,17 +405,14 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="ALS factor counts tried on the validation items")
     parser.add_argument("--seed", type=int)
     args = parser.parse_args(argv)
-    from shoprec.model import sequence_training as st
+    from shoprec.model import leave_one_out as st
 
-    config = st.SequenceConfig(
-        **{field: getattr(args, dest) for dest, field in CONFIG_OPTIONS.items()
-           if getattr(args, dest) is not None},
-        time_budget_s=args.time_budget_min * 60 if args.time_budget_min > 0 else None)
+    config = train_config(args)
 
     def log(line: str) -> None:
         print(line, flush=True)
 
-    data, interactions = load_data(args.data, config.item_attributes)
+    data, interactions = load_data(args.data, config.candidate_attributes)
     report: dict[str, object] = {
         "benchmark": "retrieval quality on Amazon Beauty (leave-one-out, full ranking)",
         "command": _command(sys.argv[1:] if argv is None else argv),
@@ -393,7 +426,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                         "validation for early stopping and model selection only",
         },
     }
-    report.update(run(data, config, args.knn_neighbours, log, args.als_factors))
+    report.update(run(data, config, args.knn_neighbours, log, args.als_factors,
+                      args.max_length or st.MAX_LENGTH))
     print(render_table(report))
     write_report(report, args.out)
     png = os.path.splitext(args.out)[0] + ".png"

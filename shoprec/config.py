@@ -9,6 +9,8 @@ import dataclasses
 import datetime as dt
 
 POOLINGS = ("mean", "attention", "gru")  # how the query tower summarises the behaviour sequence
+LOSSES = ("in_batch", "full_softmax", "sampled_softmax")  # the retrieval model's training losses
+OPTIMIZERS = ("adagrad", "adam")
 MIN_HISTORY_LENGTH = 1
 
 
@@ -47,14 +49,50 @@ class SplitConfig:
 
 @dataclasses.dataclass(frozen=True)
 class TrainConfig:
-    """Two-tower training hyper-parameters."""
+    """Two-tower training hyper-parameters (one flag each; ``shoprec.model.training`` reads them).
 
-    epochs: int = 3
+    The defaults were searched on the validation slice of the 100K shop (docs/quality.md).
+    """
+
+    epochs: int = 3  # most passes over the training examples (early stopping may stop sooner)
     batch_size: int = 1024
     learning_rate: float = 0.05
     embedding_dim: int = 64  # output width of both towers
     temperature: float = 0.1
-    logq_correction: bool = True
+    logq_correction: bool = True  # in_batch loss only: subtract log Q(item) from each logit
+    # in_batch: TFRS in-batch softmax | full_softmax: every catalogue item is a class |
+    # sampled_softmax: `negatives` uniformly drawn items per batch (large catalogues)
+    loss: str = "in_batch"
+    negatives: int = 1024  # sampled_softmax: items drawn per batch
+    # True: a training example is its whole history with a loss at every position (the next item
+    # after each; softmax losses only); False: one loss per example, on its own item
+    all_positions: bool = False
+    optimizer: str = "adagrad"  # adagrad | adam
+    attention_blocks: int = 1  # causal self-attention blocks of the attention pooling
+    attention_heads: int = 2  # must divide item_embedding_dim
+    dropout: float = 0.0  # attention and gru poolings
+    norm_first: bool = False  # pre-LayerNorm attention blocks (SASRec) instead of post-LN
+    item_embedding_dim: int = 32  # width of the shared item-id table
+    projection: str = "mlp"  # mlp | linear | none: each tower's head on its concatenated features
+    normalize: bool = True  # cosine scores (then divided by the temperature) instead of dot products
+    use_user_id: bool = True  # the query tower reads the user-id embedding
+    use_age_group: bool = True  # the query tower reads the age-group embedding
+    candidate_attributes: bool = True  # the candidate tower reads category, brand and price
+    # Early stopping: the latest validation_fraction of the TRAIN period's events are held out
+    # (never the eval split); training stops after `patience` validations without a better
+    # NDCG@10 on them, or when another epoch would pass time_budget_s, and keeps the best epoch.
+    # validation_fraction 0: no hold-out, exactly `epochs` epochs.
+    validation_fraction: float = 0.0
+    patience: int = 2
+    validate_every: int = 1  # epochs between validations
+    time_budget_s: float = 0.0  # training wall-time budget in seconds; 0: none
+    # After early stopping, train a fresh model on every train example (the held-out slice too)
+    # for the best epoch count: the slice is the most recent data.
+    refit: bool = False
+    # full_softmax, one position: the example's history items (other than its own item) are not
+    # classes of its softmax; the Evaluator excludes seen items, so the loss need not rank them.
+    mask_history: bool = False
+    seed: int = 0  # weights, dropout and shuffling
     # mean | attention | gru. GRU led mean by 2% NDCG@10 on the 100K shop (bench/results/pooling.json)
     # but doubles the Trainer's time, which the 3-minute budget of the default run cannot afford.
     pooling: str = "mean"
@@ -67,9 +105,22 @@ class TrainConfig:
     def __post_init__(self) -> None:
         if self.user_id_hash_buckets < 0:
             raise ValueError(f"user_id_hash_buckets must be >= 0, got {self.user_id_hash_buckets}")
-        for name in ("epochs", "batch_size", "embedding_dim", "top_k"):
+        for name in ("epochs", "batch_size", "embedding_dim", "top_k", "negatives", "attention_blocks",
+                     "attention_heads", "item_embedding_dim", "patience", "validate_every"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.loss not in LOSSES:
+            raise ValueError(f"loss must be one of {', '.join(LOSSES)}, got {self.loss!r}")
+        if self.all_positions and self.loss == "in_batch":
+            raise ValueError("all_positions needs loss full_softmax or sampled_softmax")
+        if self.optimizer not in OPTIMIZERS:
+            raise ValueError(f"optimizer must be one of {', '.join(OPTIMIZERS)}, got {self.optimizer!r}")
+        if not 0.0 <= self.validation_fraction < 1.0:
+            raise ValueError(f"validation_fraction must be in [0, 1), got {self.validation_fraction}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
+        if self.time_budget_s < 0:
+            raise ValueError(f"time_budget_s must be >= 0, got {self.time_budget_s}")
         if self.temperature <= 0:
             raise ValueError(f"temperature must be > 0, got {self.temperature}")
         if self.learning_rate < 0:

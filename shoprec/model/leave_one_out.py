@@ -1,11 +1,10 @@
-"""Trains and evaluates the two-tower model on item sequences (leave-one-out, full ranking).
+"""The leave-one-out protocol on item sequences (the Amazon Beauty benchmark, ``bench/quality.py``).
 
-This is the training path of the Amazon Beauty benchmark (``bench/quality.py``); it works on any
-``user -> chronological items`` mapping. The model is :class:`shoprec.model.two_tower.TwoTowerModel`
-in its sequential set-up: the query tower runs causal self-attention over the last
-``max_length`` items, the candidate tower embeds the item (optionally with its category and
-brand), a score is their dot product, and training minimises a full softmax over the catalogue
-at every position of each user's training sequence.
+Data, batching and full-ranking evaluation only: the model is built and trained by
+:mod:`shoprec.model.training` (:func:`~shoprec.model.training.build_model` and
+:func:`~shoprec.model.training.fit`), the pipeline Trainer's path, from a
+:class:`~shoprec.config.TrainConfig` (:data:`BEAUTY` holds the benchmark's defaults). It works on
+any ``user -> chronological items`` mapping.
 
 Protocol (as in the SASRec and S3-Rec papers): each user's last item is the test target, the
 second-last the validation target, the rest training (:func:`shoprec.data.importer.leave_one_out`).
@@ -26,58 +25,24 @@ import numpy as np
 import tensorflow as tf
 
 from shoprec import features
+from shoprec.config import TrainConfig
 from shoprec.model import metrics as metrics_lib
-from shoprec.model import two_tower
+from shoprec.model import training, two_tower
 
 KS: tuple[int, ...] = (5, 10, 20)
-SELECTION_METRIC = "ndcg@10"
+SELECTION_METRIC = training.SELECTION_METRIC
 _EVAL_USERS_PER_CHUNK = 2048
 
 
-@dataclasses.dataclass(frozen=True)
-class SequenceConfig:
-    """Model and training hyper-parameters of the sequential two-tower set-up.
-
-    Attributes:
-      max_length: items of history the query tower reads (the most recent ones).
-      embedding_dim: item embedding width, which is also both towers' output width.
-      blocks: causal self-attention blocks.
-      heads: attention heads per block.
-      dropout: dropout rate in the query tower.
-      normalize: cosine scores (divided by ``temperature``) instead of raw dot products.
-      temperature: divides the scores before the softmax.
-      use_user_id: the query tower also reads a user-id embedding.
-      item_attributes: the candidate tower also reads category and brand (then it ends in a
-        linear layer, and so does the query tower).
-      negatives: 0 trains with a full softmax over the catalogue; N > 0 with a sampled
-        softmax over N uniformly drawn items per batch (cheaper per step).
-      batch_size: sequences per training step.
-      learning_rate: Adam's.
-      epochs: most passes over the training sequences.
-      patience: stop after this many validations without a better ``SELECTION_METRIC``.
-      eval_every: validate every this many epochs.
-      time_budget_s: stop when another epoch and validation would pass this much wall time
-        (model building, training and validation); ``None``: no limit.
-      seed: seeds weights, dropout and shuffling.
-    """
-
-    max_length: int = 50
-    embedding_dim: int = 64
-    blocks: int = 2
-    heads: int = 1
-    dropout: float = 0.2
-    normalize: bool = True
-    temperature: float = 0.05
-    use_user_id: bool = False
-    item_attributes: bool = False
-    negatives: int = 0
-    batch_size: int = 512
-    learning_rate: float = 5e-3
-    epochs: int = 200
-    patience: int = 10
-    eval_every: int = 2
-    time_budget_s: float | None = None
-    seed: int = 0
+# The benchmark's defaults, searched on Beauty's validation targets (docs/quality.md): causal
+# self-attention at every position, a full softmax over the catalogue, cosine / 0.05.
+BEAUTY = TrainConfig(
+    loss="full_softmax", all_positions=True, pooling="attention", attention_blocks=2, attention_heads=1,
+    dropout=0.2, norm_first=True, embedding_dim=64, item_embedding_dim=64, projection="none",
+    normalize=True, temperature=0.05, use_user_id=False, use_age_group=False, candidate_attributes=False,
+    logq_correction=False, optimizer="adam", learning_rate=5e-3, batch_size=512, epochs=200, patience=10,
+    validate_every=2)
+MAX_LENGTH = 50  # items of history the query tower reads (the most recent ones)
 
 
 @dataclasses.dataclass
@@ -201,28 +166,24 @@ def length_batches(arrays: dict[str, np.ndarray], batch_size: int, rng: np.rando
                for name, values in arrays.items()}
 
 
-def build_model(data: SequenceData, config: SequenceConfig) -> two_tower.TwoTowerModel:
-    """The two-tower model in its sequential set-up (see the module docstring)."""
-    attributes = config.item_attributes and data.categories is not None
+def model_inputs(data: SequenceData, config: TrainConfig
+                 ) -> tuple[two_tower.VocabularySizes, dict[str, np.ndarray]]:
+    """Embedding sizes and the catalogue (candidate features per item index) for
+    :func:`shoprec.model.training.build_model`; with ``config.candidate_attributes``, category and
+    brand (a constant price: the data has none)."""
+    attributes = config.candidate_attributes and data.categories is not None
+    if config.candidate_attributes and not attributes:
+        raise ValueError("candidate_attributes needs the items' categories and brands")
     sizes = two_tower.VocabularySizes(
         users=len(data.users) + 1, age_groups=1, items=data.n_items + 1,
         categories=int(data.categories.max()) + 1 if attributes else 1,
         brands=int(data.brands.max()) + 1 if attributes else 1)
-    catalogue = {}
+    catalogue: dict[str, np.ndarray] = {}
     if attributes:
         catalogue = {features.CATEGORY_FEATURE.transformed_name: data.categories,
-                     features.BRAND_FEATURE.transformed_name: data.brands}
-    options = two_tower.TowerOptions(
-        item_embedding_dim=config.embedding_dim, use_user_id=config.use_user_id,
-        use_age_group=False, attention_blocks=config.blocks, attention_heads=config.heads,
-        dropout=config.dropout, norm_first=True,
-        projection="linear" if attributes or config.use_user_id else "none",
-        normalize=config.normalize, candidate_attributes=attributes, candidate_price=False)
-    return two_tower.TwoTowerModel(
-        sizes, None, output_dim=config.embedding_dim, temperature=config.temperature,
-        pooling="attention", history_length=config.max_length, options=options,
-        loss="sampled_softmax" if config.negatives else "full_softmax", catalogue=catalogue,
-        all_positions=True, negatives=max(config.negatives, 1))
+                     features.BRAND_FEATURE.transformed_name: data.brands,
+                     features.PRICE_FEATURE.transformed_name: np.zeros(data.n_items + 1, np.float32)}
+    return sizes, catalogue
 
 
 def query_embeddings(model: two_tower.TwoTowerModel, histories: Sequence[np.ndarray],
@@ -333,100 +294,41 @@ def _chunks(values: np.ndarray, size: int) -> Iterator[np.ndarray]:
 
 @dataclasses.dataclass
 class TrainResult:
-    """What :func:`train` returns.
-
-    Attributes:
-      model: the model with the best validation weights restored.
-      epochs_run: epochs trained.
-      best_epoch: the epoch whose weights were kept.
-      best_valid: validation metrics of that epoch.
-      history: per validated epoch: ``epoch``, ``loss``, ``hitrate@10``, ``ndcg@10``, seconds.
-      train_seconds: wall time of the gradient steps.
-      valid_seconds: wall time of the validations.
-      total_seconds: wall time of the whole call (model building, data, training, validation).
-      stopped_by: ``"patience"``, ``"epochs"`` or ``"time_budget"``.
-    """
+    """What :func:`train` returns: the model with its best validation weights, and the fit."""
 
     model: two_tower.TwoTowerModel
-    epochs_run: int
-    best_epoch: int
+    fit: training.FitResult
     best_valid: dict[str, float]
-    history: list[dict[str, float]]
-    train_seconds: float
-    valid_seconds: float
-    total_seconds: float
-    stopped_by: str
 
 
-def train(data: SequenceData, config: SequenceConfig,
+def train(data: SequenceData, config: TrainConfig, max_length: int = MAX_LENGTH,
           log: Callable[[str], None] | None = print) -> TrainResult:
-    """Trains on the training sequences, validating on the validation targets every epoch.
-
-    Keeps the weights of the epoch with the best validation ``SELECTION_METRIC`` and stops after
-    ``config.patience`` validations without improvement, after ``config.epochs`` epochs, or
-    when one more epoch and validation (timed as the last ones) would pass
-    ``config.time_budget_s`` (that epoch is validated before stopping). The test targets are
-    not read.
+    """:func:`shoprec.model.training.build_model` and :func:`~shoprec.model.training.fit` on the
+    training sequences, validating (``SELECTION_METRIC``) on the validation targets; the test
+    targets are not read. ``config.time_budget_s`` counts model building, training and validation.
     """
     began = time.perf_counter()
     tf.keras.utils.set_random_seed(config.seed)
-    model = build_model(data, config)
-    model.compile(optimizer=tf.keras.optimizers.Adam(learning_rate=config.learning_rate))
-    arrays = training_arrays(data, config.max_length)
+    sizes, catalogue = model_inputs(data, config)
+    model = training.build_model(sizes, config, max_length, catalogue)
+    arrays = training_arrays(data, max_length)
     rng = np.random.default_rng(config.seed)
     signature = {name: tf.TensorSpec([None] * values.ndim, tf.int64)
                  for name, values in arrays.items()}
     dataset = tf.data.Dataset.from_generator(
         lambda: length_batches(arrays, config.batch_size, rng), output_signature=signature
     ).prefetch(2)
-    histories, targets = data.valid_histories(), data.valid
-    best, best_weights, best_epoch, best_valid = -np.inf, None, 0, {}
-    history: list[dict[str, float]] = []
-    train_seconds = valid_seconds = 0.0
-    stale, epoch, stopped_by, last_valid_s = 0, 0, "epochs", 0.0
-    for epoch in range(1, config.epochs + 1):
-        step_began = time.perf_counter()
-        batch_losses: list[float] = []
-        model.fit(dataset, epochs=1, verbose=0, callbacks=[tf.keras.callbacks.LambdaCallback(
-            on_train_batch_end=lambda batch, logs: batch_losses.append(float(logs["loss"])))])
-        loss = float(np.mean(batch_losses))  # Keras reports the last batch's loss only
-        epoch_s = time.perf_counter() - step_began
-        train_seconds += epoch_s
-        # Out of time if another epoch and a validation would pass the budget.
-        out_of_time = (config.time_budget_s is not None and time.perf_counter() - began
-                       + epoch_s + last_valid_s > config.time_budget_s)
-        if epoch % config.eval_every and epoch != config.epochs and not out_of_time:
-            if log:
-                log(f"epoch {epoch:3d}  loss {loss:.4f}  [{epoch_s:.0f} s]")
-            continue
-        valid_began = time.perf_counter()
-        valid = evaluate(model_scorer(model, config.max_length), histories, targets,
-                         data.n_items, shortlist=True)
-        last_valid_s = time.perf_counter() - valid_began
-        valid_seconds += last_valid_s
-        elapsed = time.perf_counter() - began
-        history.append({"epoch": epoch, "loss": round(loss, 4),
-                        "hitrate@10": round(valid["hitrate@10"], 4),
-                        "ndcg@10": round(valid["ndcg@10"], 4), "elapsed_s": round(elapsed, 1)})
-        improved = valid[SELECTION_METRIC] > best
-        if improved:
-            best, best_epoch, best_valid = valid[SELECTION_METRIC], epoch, valid
-            best_weights, stale = model.get_weights(), 0
-        else:
-            stale += 1
+    best: dict[str, float] = {}
+
+    def validate(model: two_tower.TwoTowerModel) -> float:
+        metrics = evaluate(model_scorer(model, max_length), data.valid_histories(), data.valid,
+                           data.n_items, shortlist=True)
+        if metrics[SELECTION_METRIC] > best.get(SELECTION_METRIC, -np.inf):
+            best.clear()
+            best.update(metrics)
         if log:
-            log(f"epoch {epoch:3d}  loss {loss:.4f}  [{epoch_s:.0f} s]  valid HR@10 "
-                f"{valid['hitrate@10']:.4f}  NDCG@10 {valid['ndcg@10']:.4f}"
-                f"{'  *' if improved else ''}  [{elapsed / 60:.1f} min]")
-        if stale >= config.patience:
-            stopped_by = "patience"
-            break
-        if out_of_time and epoch != config.epochs:
-            stopped_by = "time_budget"
-            break
-    if best_weights is not None:
-        model.set_weights(best_weights)
-    return TrainResult(model=model, epochs_run=epoch, best_epoch=best_epoch,
-                       best_valid=best_valid, history=history, train_seconds=train_seconds,
-                       valid_seconds=valid_seconds, total_seconds=time.perf_counter() - began,
-                       stopped_by=stopped_by)
+            log(f"  valid HR@10 {metrics['hitrate@10']:.4f}  NDCG@10 {metrics[SELECTION_METRIC]:.4f}")
+        return metrics[SELECTION_METRIC]
+
+    result = training.fit(model, dataset, config, validate=validate, log=log, began=began)
+    return TrainResult(model=model, fit=result, best_valid=best)

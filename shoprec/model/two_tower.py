@@ -22,7 +22,7 @@ import tensorflow as tf
 import tensorflow_recommenders as tfrs
 
 from shoprec import features
-from shoprec.config import POOLINGS
+from shoprec.config import LOSSES, POOLINGS
 
 
 @dataclasses.dataclass(frozen=True)
@@ -37,7 +37,6 @@ class VocabularySizes:
 
 
 PROJECTIONS = ("mlp", "linear", "none")
-LOSSES = ("in_batch", "full_softmax", "sampled_softmax")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -373,18 +372,21 @@ class TwoTowerModel(tfrs.models.Model):
         drawn item that is the example's own positive is masked out).
       catalogue: transformed candidate features of every item index, each ``[sizes.items]``
         (row i describes item index i; an absent item-id column means ``range(sizes.items)``).
-        Row 0, the padding, is never a softmax class.
+        Row 0, the padding, is never a softmax class. The in-batch loss does not read it, but
+        :meth:`item_embeddings` (validation) does.
       all_positions: (full softmax only) a training example is a whole sequence: the item-id
         feature is ``[batch, N]``, the next item after each history position (0 where there is
         none), and the loss averages over every position that has one.
       negatives: items drawn per batch by the sampled softmax.
+      mask_history: (full softmax, one position) each example's history items other than its
+        target are not classes of its softmax.
     """
 
     def __init__(self, sizes: VocabularySizes, item_sampling_probability: np.ndarray | None,
                  output_dim: int = 64, temperature: float = 0.1, pooling: str = "mean",
                  history_length: int = 20, options: TowerOptions | None = None,
                  loss: str = "in_batch", catalogue: dict[str, np.ndarray] | None = None,
-                 all_positions: bool = False, negatives: int = 1024):
+                 all_positions: bool = False, negatives: int = 1024, mask_history: bool = False):
         super().__init__()
         options = options or TowerOptions()
         if loss not in LOSSES:
@@ -413,6 +415,7 @@ class TwoTowerModel(tfrs.models.Model):
         self.temperature = temperature
         self.all_positions = all_positions
         self.negatives = negatives
+        self.mask_history = mask_history
         self.catalogue = None
         if catalogue is not None:
             self.catalogue = _catalogue_tensors(catalogue, sizes.items)
@@ -475,12 +478,30 @@ class TwoTowerModel(tfrs.models.Model):
         if self.loss_name == "full_softmax":
             # Every item but row 0 (the padding) is a class; the positive is among them.
             logits = tf.matmul(queries, items[1:], transpose_b=True)
+            if self.mask_history and not self.all_positions:
+                logits += _history_mask(inputs[features.HISTORY_FEATURE.transformed_name], targets,
+                                        tf.shape(logits))
         else:
             sampled = tf.random.uniform([self.negatives], 1, tf.shape(items)[0], tf.int32)
             negative = tf.matmul(queries, tf.gather(items, sampled), transpose_b=True)
             negative += tf.where(sampled[tf.newaxis] == targets[:, tf.newaxis], -1e9, 0.0)
             logits = tf.concat([positive[:, tf.newaxis], negative], axis=1)
         return tf.reduce_mean(tf.reduce_logsumexp(logits, axis=1) - positive)
+
+
+def _history_mask(history: tf.Tensor, targets: tf.Tensor, shape: tf.Tensor) -> tf.Tensor:
+    """``[batch, items - 1]`` logit offsets: -1e9 at each row's history items but its own target.
+
+    ``history`` ``[batch, N]`` item indices (0 = padding), ``targets`` ``[batch]``; column j is
+    item index j + 1.
+    """
+    rows = tf.broadcast_to(tf.range(tf.shape(history)[0])[:, tf.newaxis], tf.shape(history))
+    indices = tf.stack([rows, tf.cast(history, tf.int32) - 1], axis=-1)
+    valid = history > 0
+    seen = tf.scatter_nd(tf.boolean_mask(indices, valid),
+                         tf.ones([tf.reduce_sum(tf.cast(valid, tf.int32))]), shape)
+    own = tf.one_hot(targets - 1, shape[1])
+    return -1e9 * tf.cast(seen > 0, tf.float32) * (1.0 - own)
 
 
 def _catalogue_tensors(catalogue: dict[str, np.ndarray], items: int) -> dict[str, tf.Tensor]:

@@ -1,5 +1,6 @@
 """The Amazon Beauty quality benchmark's training and evaluation path, on tiny synthetic data."""
 
+import dataclasses
 import json
 
 import numpy as np
@@ -8,8 +9,8 @@ import tensorflow as tf
 
 from bench import quality
 from shoprec.data import importer
+from shoprec.model import leave_one_out as st
 from shoprec.model import metrics, two_tower
-from shoprec.model import sequence_training as st
 
 N_ITEMS = 60
 
@@ -24,8 +25,10 @@ def _pattern_sequences(users: int = 300, seed: int = 0) -> dict[str, list[str]]:
     return sequences
 
 
-TINY = st.SequenceConfig(max_length=8, embedding_dim=16, blocks=1, heads=1, dropout=0.0,
-                         batch_size=64, learning_rate=0.01, epochs=12, patience=3, seed=0)
+TINY = dataclasses.replace(st.BEAUTY, embedding_dim=16, item_embedding_dim=16, attention_blocks=1,
+                           attention_heads=1, dropout=0.0, batch_size=64, learning_rate=0.01, epochs=12,
+                           patience=3, validate_every=1, seed=0)
+TINY_LENGTH = 8
 
 
 def test_leave_one_out_indexing_and_histories():
@@ -87,10 +90,10 @@ def test_every_position_of_the_sequence_output_is_the_query_of_that_prefix(pooli
 def test_the_benchmark_learns_a_next_item_pattern(negatives):
     data = st.index_sequences(*importer.leave_one_out(_pattern_sequences()))
     lines = []
-    config = TINY if not negatives else st.SequenceConfig(**{**TINY.__dict__,
-                                                             "negatives": negatives})
+    config = TINY if not negatives else dataclasses.replace(TINY, loss="sampled_softmax",
+                                                            negatives=negatives)
     report = quality.run(data, config, knn_neighbours=(10, 20), log=lines.append,
-                         als_factors=(8,))
+                         als_factors=(8,), max_length=TINY_LENGTH)
     assert set(report["test"]) == {"two_tower", "popularity", "item_knn", "als"}
     for method_metrics in report["test"].values():
         assert set(method_metrics) == {f"{m}@{k}" for m in ("hitrate", "ndcg") for k in (5, 10, 20)}
