@@ -79,8 +79,12 @@ def create_app(components: Components) -> fastapi.FastAPI:
             replayed = replay_recent_events(components.event_log, components.feature_store, time.time())
             _log.info("replayed %d recent events from the event log into the in-process feature store", replayed)
         components.gateway.start_polling(settings.model_poll_seconds)
+        if components.ranking_gateway is not None:
+            components.ranking_gateway.start_polling(settings.model_poll_seconds)
         yield
         components.gateway.close()
+        if components.ranking_gateway is not None:
+            components.ranking_gateway.close()
         components.feature_store.close()
         components.event_log.close()
 

@@ -19,8 +19,8 @@ from service.strategy.interactions import (
     with_purchases,
 )
 from service.strategy.metrics import ServiceMetrics
-from service.strategy.model_gateway import ModelGateway
-from service.strategy.ranking import RetrievalScoreRanker
+from service.strategy.model_gateway import ModelGateway, RankingGateway
+from service.strategy.ranking import ModelRanker, Ranker, RetrievalScoreRanker
 from service.strategy.routing import DEFAULT_ROUTING, RoutingTable
 from service.strategy.service import RecommendationService
 from serving.client import ModelClient
@@ -38,13 +38,16 @@ class Components:
     event_log: EventLog
     metrics: ServiceMetrics
     guard: Guard
+    ranking_gateway: RankingGateway | None = None  # None: no ranking model (retrieval order)
 
 
 def build_components(settings: ServiceSettings) -> Components:
     """Loads the shop's files and connects the model server, the feature store and the event log.
 
     The model server may still be down: the gateway keeps trying and the service degrades to
-    routes without the model meanwhile.
+    routes without the model meanwhile. With ``settings.ranking_model_name``, the ranking stage is
+    the ranking model on the model server (a :class:`ModelRanker`; the retrieval order while it is
+    missing), else the retrieval order.
 
     Raises:
       OSError: a data, routing or denylist file cannot be read.
@@ -65,12 +68,18 @@ def build_components(settings: ServiceSettings) -> Components:
         routing = RoutingTable.from_dict(DEFAULT_ROUTING, routes)
     feature_store = open_feature_store(settings.redis_url, settings.store)
     metrics = ServiceMetrics()
+    ranking_gateway = None
+    ranker: Ranker = RetrievalScoreRanker()
+    if settings.ranking_model_name:
+        ranking_gateway = RankingGateway(ModelClient(settings.ranking_model_url or settings.model_url,
+                                                     settings.ranking_model_name, settings.model_timeout_seconds))
+        ranker = ModelRanker(ranking_gateway, gateway, catalogue, settings.ranking_candidates, metrics)
     service = RecommendationService(
         catalogue, interactions, routing, routes, feature_store, gateway,
-        BusinessFilters(catalogue, Denylist(catalogue, settings.denylist_file)), RetrievalScoreRanker(),
+        BusinessFilters(catalogue, Denylist(catalogue, settings.denylist_file)), ranker,
         settings.history_length, metrics, RecentResponses())
     guard = Guard(settings.api_keys, RateLimiter(settings.rate_limit_per_second, settings.rate_limit_burst))
-    return Components(settings, service, gateway, feature_store, event_log, metrics, guard)
+    return Components(settings, service, gateway, feature_store, event_log, metrics, guard, ranking_gateway)
 
 
 def replay_recent_events(event_log: EventLog, feature_store: FeatureStore, now: float) -> int:

@@ -102,7 +102,8 @@ class RecommendedItemOut(BaseModel):
     """One recommended item."""
 
     item_id: str
-    score: float = Field(description="Ranking score (fused retrieval score for now); higher is better.")
+    score: float = Field(description="Ranking score, higher is better: the ranking model's predicted click "
+                                     "probability (x price on a revenue scene), else the fused retrieval score.")
     category: str
     brand: str
     price: float
@@ -122,6 +123,8 @@ class RecommendResponse(BaseModel):
     items: list[RecommendedItemOut]
     ignored_context_items: list[str] = Field(description="Context item ids not in the catalogue.")
     warnings: list[str] = Field(description="Degradations: skipped routes, fallbacks, unavailable backends.")
+    ranking_model_version: int | None = Field(None, description="The ranking model version that ordered the "
+                                                                "candidates (null: retrieval order kept, see warnings).")
     experiment: str | None = Field(None, description="The experiment that decided this answer (null: none).")
     arm: str | None = Field(None, description="The experiment's arm that answered (null: no experiment).")
     propensity: float | None = Field(None, description="The probability the arm had for this request "

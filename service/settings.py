@@ -31,6 +31,9 @@ class ServiceSettings:
     data_dir: str
     model_url: str = "http://localhost:8501"
     model_name: str = config.MODEL_NAME
+    ranking_model_name: str = config.RANKING_MODEL_NAME  # "": no ranking model (retrieval order)
+    ranking_model_url: str | None = None  # None: the retrieval model's server (model_url)
+    ranking_candidates: int = config.RANKING_CANDIDATES
     redis_url: str | None = None
     event_log: str = "runs/service/events.sqlite"
     routing_file: str | None = None
@@ -69,6 +72,12 @@ def build_parser() -> argparse.ArgumentParser:
                         help="TF Serving (or python -m serving.model_server): http://host:port (REST) "
                              "or grpc://host:port")
     parser.add_argument("--model_name", default=defaults.model_name, help="the served model's name")
+    parser.add_argument("--ranking_model_name", default=defaults.ranking_model_name,
+                        help="the ranking model's name on the model server; empty: keep the retrieval order")
+    parser.add_argument("--ranking_model_url", default=None,
+                        help="the ranking model's server, if not --model_url's")
+    parser.add_argument("--ranking_candidates", type=int, default=defaults.ranking_candidates,
+                        help="candidates sent to the ranking model per request")
     parser.add_argument("--redis_url", default=None,
                         help="online feature store, e.g. redis://localhost:6379/0; default: in-process store")
     parser.add_argument("--event_log", default=defaults.event_log,
@@ -136,5 +145,6 @@ def settings_from_args(args: argparse.Namespace, environ: Mapping[str, str] | No
         max_future_skew_seconds=args.max_future_skew_seconds, host=args.host,
         api_keys=load_api_keys(args.api_key_file, os.environ if environ is None else environ),
         rate_limit_per_second=args.rate_limit_per_second, rate_limit_burst=args.rate_limit_burst,
-        allow_unauthenticated=args.allow_unauthenticated,
+        allow_unauthenticated=args.allow_unauthenticated, ranking_model_name=args.ranking_model_name,
+        ranking_model_url=args.ranking_model_url, ranking_candidates=args.ranking_candidates,
         experiments=args.experiments or (os.environ if environ is None else environ).get(EXPERIMENTS_ENV) or None)

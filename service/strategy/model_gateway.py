@@ -1,10 +1,14 @@
-"""The service's one door to the retrieval model on TF Serving (or the local model server).
+"""The service's doors to the models on TF Serving (or the local model server).
 
-The gateway pins every request to one model version, so the version a response reports is the
-version that answered. A poller follows the server: when a higher version becomes AVAILABLE, the
-gateway reads that version's item embeddings (``item_embedding`` signature, for the
-similar-items route) and only then switches to it. A version unloaded under a request
-(NOT_FOUND) triggers a refresh and one retry.
+:class:`ModelGateway` is the retrieval model's. It pins every request to one model version, so
+the version a response reports is the version that answered. A poller follows the server: when a
+higher version becomes AVAILABLE, the gateway reads that version's item embeddings
+(``item_embedding`` signature, for the similar-items route and the ranking model's retrieval
+score) and only then switches to it. A version unloaded under a request (NOT_FOUND) triggers a
+refresh and one retry.
+
+:class:`RankingGateway` is the ranking model's (a second model on the same server, its own name
+in ``models.config``): the same version pinning, polling and retry, without embeddings.
 """
 
 from __future__ import annotations
@@ -41,6 +45,12 @@ class ServedModel:
     version: int
     embeddings: np.ndarray
     found: np.ndarray
+
+
+def _unit(vector: np.ndarray) -> np.ndarray:
+    """``[D]`` float32 vector scaled to length 1 (zeros stay zeros)."""
+    vector = np.asarray(vector, np.float32)
+    return vector / max(float(np.linalg.norm(vector)), 1e-12)
 
 
 def _text(values: np.ndarray) -> list[str]:
@@ -178,6 +188,27 @@ class ModelGateway:
             return self._top_k_result(outputs, served.version)
         raise AssertionError("unreachable")
 
+    def query_embedding(self, user_id: str, history: Sequence[str]) -> tuple[np.ndarray, ServedModel]:
+        """The user tower's unit query embedding ``[D]`` (``query_embedding`` signature), with the
+        version (and its unit item embeddings) it belongs to.
+
+        Raises:
+          ModelUnavailableError: no version is available.
+          ModelServerError: the prediction failed.
+        """
+        served = self.current()
+        outputs = self._client.predict(self._top_k_inputs(user_id, history),
+                                       signature_name=features.SIGNATURE_QUERY_EMBEDDING, version=served.version)
+        return _unit(outputs[features.OUTPUT_EMBEDDING][0]), served
+
+    async def query_embedding_async(self, user_id: str, history: Sequence[str]) -> tuple[np.ndarray, ServedModel]:
+        """``query_embedding`` for asyncio code (same result and errors)."""
+        served = self.current()
+        outputs = await self._client.predict_async(self._top_k_inputs(user_id, history),
+                                                   signature_name=features.SIGNATURE_QUERY_EMBEDDING,
+                                                   version=served.version)
+        return _unit(outputs[features.OUTPUT_EMBEDDING][0]), served
+
     def _top_k_inputs(self, user_id: str, history: Sequence[str]) -> dict[str, list]:
         recent = list(history)[-self._history_length:]
         padded = recent + [""] * (self._history_length - len(recent))
@@ -199,6 +230,110 @@ class ModelGateway:
             self.refresh()
         except ModelServerError as err:
             _log.warning("model server refresh failed: %s: %s", err.code.name, err.message)
+
+    def _poll(self, interval_seconds: float) -> None:
+        while not self._stop.wait(interval_seconds):
+            self._poll_once()
+
+    def close(self) -> None:
+        """Stops the poller and closes the client."""
+        self._stop.set()
+        if self._poller is not None:
+            self._poller.join(timeout=5)
+        self._client.close()
+
+
+class RankingGateway:
+    """Calls the ranking model's ``serving_default`` signature through a :class:`ModelClient`.
+
+    Args:
+      client: a client of the ranking model (its own model name on the same server).
+    """
+
+    def __init__(self, client: ModelClient) -> None:
+        self._client = client
+        self._version: int | None = None
+        self._stop = threading.Event()
+        self._poller: threading.Thread | None = None
+
+    @property
+    def version(self) -> int | None:
+        """The version in use; None before the first successful refresh or while none is AVAILABLE."""
+        return self._version
+
+    def refresh(self) -> int | None:
+        """Switches to the highest AVAILABLE version.
+
+        Raises:
+          ModelServerError: the server could not be asked (NOT_FOUND: it serves no such model).
+        """
+        available = [status.version for status in self._client.status() if status.state == AVAILABLE]
+        if self._version != (max(available) if available else None):
+            _log.info("ranking model version %s", max(available) if available else None)
+        self._version = max(available) if available else None
+        return self._version
+
+    def _current(self) -> int:
+        if self._version is None:
+            raise ModelUnavailableError("no ranking model version is available (the model server is polled for one)")
+        return self._version
+
+    def predict(self, inputs: dict[str, list | np.ndarray]) -> tuple[dict[str, np.ndarray], int]:
+        """Scores candidates: ``inputs`` as the ranking signature takes them, each ``[N]``.
+
+        Returns:
+          ``(outputs, version)``: ``click_probability`` and ``purchase_probability``, each ``[N]``.
+
+        Raises:
+          ModelUnavailableError: no version is available.
+          ModelServerError: the prediction failed.
+        """
+        version = self._current()
+        for attempt in range(2):
+            try:
+                return self._client.predict(inputs, signature_name=features.SIGNATURE_RANK, version=version), version
+            except ModelServerError as err:
+                if attempt or err.code is not Code.NOT_FOUND:
+                    raise
+                version = self._refreshed()
+        raise AssertionError("unreachable")
+
+    async def predict_async(self, inputs: dict[str, list | np.ndarray]) -> tuple[dict[str, np.ndarray], int]:
+        """``predict`` for asyncio code (same result and errors)."""
+        version = self._current()
+        for attempt in range(2):
+            try:
+                outputs = await self._client.predict_async(inputs, signature_name=features.SIGNATURE_RANK,
+                                                           version=version)
+                return outputs, version
+            except ModelServerError as err:
+                if attempt or err.code is not Code.NOT_FOUND:
+                    raise
+                version = await asyncio.to_thread(self._refreshed)
+        raise AssertionError("unreachable")
+
+    def _refreshed(self) -> int:
+        try:
+            version = self.refresh()
+        except ModelServerError as err:
+            raise ModelUnavailableError(f"ranking model unreachable: {err.code.name}: {err.message}") from err
+        if version is None:
+            raise ModelUnavailableError("the model server has no AVAILABLE ranking model version")
+        return version
+
+    def start_polling(self, interval_seconds: float) -> None:
+        """Refreshes now (failures are logged) and then every ``interval_seconds`` in a thread."""
+        self._poll_once()
+        self._poller = threading.Thread(target=self._poll, args=(interval_seconds,), name="ranking-model-poll",
+                                        daemon=True)
+        self._poller.start()
+
+    def _poll_once(self) -> None:
+        try:
+            self.refresh()
+        except ModelServerError as err:
+            self._version = None  # gone from the server (or the server is down): degrade, do not call it
+            _log.warning("ranking model refresh failed: %s: %s", err.code.name, err.message)
 
     def _poll(self, interval_seconds: float) -> None:
         while not self._stop.wait(interval_seconds):

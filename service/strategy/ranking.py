@@ -5,20 +5,38 @@ fused by weighted reciprocal rank: an item at 0-based rank ``r`` of a route with
 gains ``w / (fusion_k + r + 1)``, summed over the routes that found it. Each item keeps the route
 that contributed most, for the explanation.
 
-The ranking stage is a :class:`Ranker`. For now :class:`RetrievalScoreRanker` keeps the fused
-retrieval order; a ranking model (features of user, item and context in, a score out) plugs in
-by implementing the same one-method interface.
+The ranking stage is a :class:`Ranker`. :class:`ModelRanker` sends the pool's first
+``candidates`` (default 200) to the ranking model on the model server (TF Serving protocol,
+``serving.client``) and orders them by the predicted value of the scene's objective: the click
+probability (``click``) or the click probability times the price (``revenue``). Every candidate
+is scored as if shown at position 0, the slot the training data's position bias is measured
+against. Candidates past ``candidates`` keep their retrieval order below the ranked ones. If the
+ranking model is missing or fails, the stage keeps the retrieval order and says so (a warning in
+the response and ``shoprec_degraded_total{component="ranking_model"}``); it never fails the
+request. :class:`RetrievalScoreRanker` keeps the fused retrieval order always.
 """
 
 from __future__ import annotations
 
 import dataclasses
 from collections.abc import Sequence
-from typing import Protocol
+from typing import Literal, Protocol
 
 import numpy as np
 
+from service.strategy.catalogue import Catalogue
 from service.strategy.context import Candidates, RetrievalQuery
+from service.strategy.metrics import ServiceMetrics
+from service.strategy.model_gateway import (
+    ModelGateway,
+    ModelUnavailableError,
+    RankingGateway,
+    ServedModel,
+)
+from serving.client import ModelServerError
+from shoprec import config, features
+
+Objective = Literal["click", "revenue"]  # routing.OBJECTIVES
 
 
 @dataclasses.dataclass(frozen=True)
@@ -113,23 +131,130 @@ def append_fallback(pool: CandidatePool, fallback: Candidates, limit: int) -> Ca
     )
 
 
+@dataclasses.dataclass(frozen=True)
+class RankingResult:
+    """What the ranking stage made of one pool.
+
+    Attributes:
+      scores: ``[len(pool)]`` ranking scores, higher is better.
+      model_version: the ranking model version that scored the pool; None when no model did.
+      warning: why the retrieval order was kept (model missing or failing); None otherwise.
+    """
+
+    scores: np.ndarray
+    model_version: int | None = None
+    warning: str | None = None
+
+
 class Ranker(Protocol):
-    """The ranking stage: scores every pooled candidate for this request (higher is better)."""
+    """The ranking stage: scores every pooled candidate for this request (higher is better).
+
+    A ranker that waits on the network also has ``async def rank_async(...)`` with the same
+    arguments and result, which the service's asyncio path awaits.
+    """
 
     name: str
 
-    def score(self, query: RetrievalQuery, pool: CandidatePool) -> np.ndarray:
-        """Returns ``[len(pool)]`` ranking scores."""
+    def rank(self, query: RetrievalQuery, pool: CandidatePool, scene: str, objective: Objective) -> RankingResult:
+        """Scores ``pool`` for a request of ``scene``; never raises for a model failure."""
         ...
 
 
 class RetrievalScoreRanker:
-    """Keeps the fused retrieval score: the placeholder until a ranking model exists."""
+    """Keeps the fused retrieval score (no ranking model)."""
 
     name = "retrieval_score"
 
     def score(self, query: RetrievalQuery, pool: CandidatePool) -> np.ndarray:
+        """``[len(pool)]`` the pool's own scores."""
         return pool.scores
+
+    def rank(self, query: RetrievalQuery, pool: CandidatePool, scene: str, objective: Objective) -> RankingResult:
+        return RankingResult(pool.scores)
+
+
+class ModelRanker:
+    """Orders candidates by the ranking model's prediction; see the module docstring.
+
+    Args:
+      gateway: the ranking model.
+      retrieval: the retrieval model, for each candidate's ``retrieval_score`` (the cosine of the
+        user's query embedding and the item's embedding, as in the training examples).
+      catalogue: item ids and prices.
+      candidates: the most candidates sent to the model per request.
+      metrics: where degradations are counted; None for nowhere.
+    """
+
+    name = "ranking_model"
+
+    def __init__(self, gateway: RankingGateway, retrieval: ModelGateway, catalogue: Catalogue,
+                 candidates: int = config.RANKING_CANDIDATES, metrics: ServiceMetrics | None = None) -> None:
+        if candidates < 1:
+            raise ValueError(f"candidates must be >= 1, got {candidates}")
+        self._gateway = gateway
+        self._retrieval = retrieval
+        self._catalogue = catalogue
+        self._candidates = candidates
+        self._metrics = metrics
+
+    def rank(self, query: RetrievalQuery, pool: CandidatePool, scene: str, objective: Objective) -> RankingResult:
+        if not len(pool):
+            return RankingResult(pool.scores)
+        head = pool.rows[:self._candidates]
+        try:
+            query_vector, served = self._retrieval.query_embedding(query.user_id, query.model_history)
+            outputs, version = self._gateway.predict(self._inputs(query, head, scene, query_vector, served))
+        except (ModelUnavailableError, ModelServerError) as err:
+            return self._degraded(pool, err)
+        return self._result(pool, outputs, version, objective)
+
+    async def rank_async(self, query: RetrievalQuery, pool: CandidatePool, scene: str,
+                         objective: Objective) -> RankingResult:
+        """``rank`` for asyncio code: the model calls are awaited."""
+        if not len(pool):
+            return RankingResult(pool.scores)
+        head = pool.rows[:self._candidates]
+        try:
+            query_vector, served = await self._retrieval.query_embedding_async(query.user_id, query.model_history)
+            outputs, version = await self._gateway.predict_async(
+                self._inputs(query, head, scene, query_vector, served))
+        except (ModelUnavailableError, ModelServerError) as err:
+            return self._degraded(pool, err)
+        return self._result(pool, outputs, version, objective)
+
+    def _inputs(self, query: RetrievalQuery, rows: np.ndarray, scene: str, query_vector: np.ndarray,
+                served: ServedModel) -> dict[str, list | np.ndarray]:
+        """The ranking signature's inputs, each ``[len(rows)]``."""
+        retrieval_score = np.where(served.found[rows], served.embeddings[rows] @ query_vector, 0.0).astype(np.float32)
+        context = (str(self._catalogue.item_ids[query.current_row]) if query.current_row is not None
+                   else features.NO_ITEM)
+        size = len(rows)
+        return {features.USER_ID: [query.user_id] * size,
+                features.ITEM_ID: [str(item_id) for item_id in self._catalogue.item_ids[rows]],
+                features.SCENE: [scene] * size,
+                features.POSITION: np.zeros(size, np.int64),
+                features.CONTEXT_ITEM_ID: [context] * size,
+                features.RETRIEVAL_SCORE: retrieval_score}
+
+    def _result(self, pool: CandidatePool, outputs: dict[str, np.ndarray], version: int,
+                objective: Objective) -> RankingResult:
+        head = min(len(pool), self._candidates)
+        value = np.asarray(outputs[features.OUTPUT_CLICK_PROBABILITY], np.float64).reshape(-1)
+        if value.shape != (head,):
+            return self._degraded(pool, ModelUnavailableError(
+                f"the ranking model returned {value.shape} scores for {head} candidates"))
+        if objective == "revenue":
+            value = value * self._catalogue.prices[pool.rows[:head]]
+        # The tail keeps its retrieval order, below every ranked candidate.
+        floor = float(value.min()) if head else 0.0
+        tail = floor - (1.0 + np.arange(len(pool) - head)) * max(abs(floor), 1.0) * 1e-6
+        return RankingResult(np.concatenate([value, tail]), version)
+
+    def _degraded(self, pool: CandidatePool, err: Exception) -> RankingResult:
+        if self._metrics is not None:
+            self._metrics.degraded.inc("ranking_model")
+        detail = f"{err.code.name}: {err.message}" if isinstance(err, ModelServerError) else str(err)
+        return RankingResult(pool.scores, None, f"ranking model unavailable, retrieval order kept: {detail}")
 
 
 def rank(pool: CandidatePool, scores: np.ndarray) -> CandidatePool:

@@ -16,6 +16,9 @@ The table is data (JSON), so a shop can add scenes or re-weight routes without c
       }
     }
 
+A scene may also name its ranking ``"objective"``: ``"click"`` (the default: order by predicted
+click probability) or ``"revenue"`` (click probability times price).
+
 ``fusion_k`` is the constant of reciprocal-rank fusion (smaller: the top of each route counts
 more); ``pool_size`` is how many candidates each route may contribute, and the size the fallback
 route tops the pool up to.
@@ -29,6 +32,8 @@ from collections.abc import Collection, Mapping
 from typing import Any
 
 from service.strategy import retrievers
+
+OBJECTIVES: tuple[str, ...] = ("click", "revenue")  # the ranking stage's (service.strategy.ranking)
 
 HOME = "home"
 CART = "cart"
@@ -81,12 +86,15 @@ class SceneSpec:
       fallback: the route that tops the candidate pool up to ``pool_size``, ranked below every
         primary candidate: it fills lists the primary routes cannot (None: no fallback).
       diversity: the default diversity lambda of the scene, in [0, 1].
+      objective: what the ranking stage orders by: ``click`` (predicted click probability) or
+        ``revenue`` (click probability x price).
     """
 
     name: str
     routes: tuple[RouteSpec, ...]
     fallback: str | None
     diversity: float
+    objective: str = "click"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -130,7 +138,7 @@ class RoutingTable:
                                for entry in scene["routes"])
                 fallback = scene.get("fallback")
                 scenes[str(name)] = SceneSpec(str(name), routes, str(fallback) if fallback else None,
-                                              float(scene.get("diversity", 0.0)))
+                                              float(scene.get("diversity", 0.0)), str(scene.get("objective", "click")))
         except (KeyError, TypeError, ValueError, AttributeError) as err:
             raise RoutingError(f"malformed routing table: {err!r}") from err
         if not scenes:
@@ -144,6 +152,9 @@ class RoutingTable:
                 raise RoutingError(f"scene {scene.name!r} has no routes")
             if any(route.weight <= 0 for route in scene.routes):
                 raise RoutingError(f"scene {scene.name!r}: route weights must be positive")
+            if scene.objective not in OBJECTIVES:
+                raise RoutingError(f"scene {scene.name!r}: objective must be one of {', '.join(OBJECTIVES)}, "
+                                   f"got {scene.objective!r}")
         table = cls(scenes, fusion_k, pool_size)
         unknown = table.route_names - set(known_routes)
         if unknown:

@@ -6,10 +6,12 @@ One request goes through these stages::
       -> the scene's routes (RetrievalQuery -> Candidates), fused by weighted reciprocal rank
       -> the fallback route tops the pool up, below every primary candidate (fills short lists
          for cold users and thin contexts, and gives diversity other categories to pick)
-      -> ranking stage (Ranker)  -> diversity (MMR, lambda)  -> top k, each with its reason
+      -> ranking stage (Ranker: the ranking model on the model server, by the scene's objective)
+      -> diversity (MMR, lambda)  -> top k, each with its reason
 
 A route whose backend fails (model server, feature store) is skipped with a warning in the
-response: the service answers from what is left, down to popularity, instead of failing.
+response: the service answers from what is left, down to popularity, instead of failing. A
+failing or missing ranking model keeps the retrieval order, with a warning.
 """
 
 from __future__ import annotations
@@ -31,7 +33,14 @@ from service.strategy.filters import BusinessFilters, FilterSpec
 from service.strategy.interactions import Interactions
 from service.strategy.metrics import ServiceMetrics
 from service.strategy.model_gateway import ModelGateway, ModelUnavailableError
-from service.strategy.ranking import CandidatePool, Ranker, append_fallback, fuse, rank
+from service.strategy.ranking import (
+    CandidatePool,
+    Ranker,
+    RankingResult,
+    append_fallback,
+    fuse,
+    rank,
+)
 from service.strategy.routing import RoutingTable, SceneSpec
 from serving.client import ModelServerError
 from shoprec import features
@@ -91,6 +100,8 @@ class Recommendation:
       known_user: whether the user has a trained profile.
       model_version: the model version that answered (or is in use); None when unavailable.
       diversity: the lambda applied.
+      ranking_model_version: the ranking model version that ordered the candidates; None when
+        the retrieval order was kept.
       items: the list, best first.
       ignored_context_items: context item ids not in the catalogue.
       warnings: what was degraded (a route skipped, a backend down, a fallback used ...).
@@ -105,6 +116,7 @@ class Recommendation:
     items: tuple[RecommendedItem, ...]
     ignored_context_items: tuple[str, ...]
     warnings: tuple[str, ...]
+    ranking_model_version: int | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -119,6 +131,7 @@ class Retrieval:
       ignored_context_items: unknown context ids.
       warnings: degradations so far.
       session_used: whether live session events were used.
+      ranking_model_version: the ranking model version that ordered the pool, if one did.
     """
 
     scene: SceneSpec
@@ -128,6 +141,7 @@ class Retrieval:
     ignored_context_items: tuple[str, ...]
     warnings: tuple[str, ...]
     session_used: bool
+    ranking_model_version: int | None = None
 
 
 class RecommendationService:
@@ -194,7 +208,13 @@ class RecommendationService:
         fallback = None
         if self._needs_fallback(scene, pool):
             fallback = await self._run_route_async(scene.fallback, query, warnings)
-        retrieval = self._retrieval(scene, query, lists, pool, fallback, ignored, warnings, session_used)
+        pool = self._with_fallback(pool, fallback)
+        rank_async = getattr(self._ranker, "rank_async", None)
+        if rank_async is None:
+            ranked = self._ranker.rank(query, pool, scene.name, scene.objective)
+        else:
+            ranked = await rank_async(query, pool, scene.name, scene.objective)
+        retrieval = self._retrieval(scene, query, lists, pool, ranked, ignored, warnings, session_used)
         return self.finish(request, retrieval, self._diversity(request, retrieval))
 
     @staticmethod
@@ -246,7 +266,9 @@ class RecommendationService:
         lists = [(self._run_route(route.route, query, warnings), route.weight) for route in scene.routes]
         pool = fuse(lists, self.routing.fusion_k)
         fallback = self._run_route(scene.fallback, query, warnings) if self._needs_fallback(scene, pool) else None
-        return self._retrieval(scene, query, lists, pool, fallback, ignored, warnings, session_used)
+        pool = self._with_fallback(pool, fallback)
+        ranked = self._ranker.rank(query, pool, scene.name, scene.objective)
+        return self._retrieval(scene, query, lists, pool, ranked, ignored, warnings, session_used)
 
     def _query(self, request: RecommendRequest, state: UserState,
                warnings: list[str]) -> tuple[RetrievalQuery, bool, list[str]]:
@@ -294,18 +316,20 @@ class RecommendationService:
     def _needs_fallback(self, scene: SceneSpec, pool: CandidatePool) -> bool:
         return scene.fallback is not None and len(pool) < self.routing.pool_size
 
+    def _with_fallback(self, pool: CandidatePool, fallback: Candidates | None) -> CandidatePool:
+        """The fused pool with the fallback's candidates below every primary one: they fill short
+        lists (cold start, thin context) and give the diversity stage other categories to choose from."""
+        return pool if fallback is None else append_fallback(pool, fallback, self.routing.pool_size)
+
     def _retrieval(self, scene: SceneSpec, query: RetrievalQuery, lists: list[tuple[Candidates, float]],
-                   pool: CandidatePool, fallback: Candidates | None, ignored: list[str], warnings: list[str],
+                   pool: CandidatePool, ranked: RankingResult, ignored: list[str], warnings: list[str],
                    session_used: bool) -> Retrieval:
-        """Ranks the fused pool (the fallback's candidates below every primary one)."""
+        """Orders the pool by the ranking stage's scores."""
         versions = [candidates.model_version for candidates, _ in lists if candidates.model_version is not None]
-        if fallback is not None:
-            # Below every primary candidate: it fills short lists (cold start, thin context) and
-            # gives the diversity stage other categories to choose from.
-            pool = append_fallback(pool, fallback, self.routing.pool_size)
-        pool = rank(pool, self._ranker.score(query, pool))
-        return Retrieval(scene, query, pool, versions[0] if versions else None, tuple(ignored), tuple(warnings),
-                         session_used)
+        if ranked.warning is not None:
+            warnings.append(ranked.warning)
+        return Retrieval(scene, query, rank(pool, ranked.scores), versions[0] if versions else None, tuple(ignored),
+                         tuple(warnings), session_used, ranked.model_version)
 
     def finish(self, request: RecommendRequest, retrieval: Retrieval, diversity: float) -> Recommendation:
         """Applies diversity to a retrieval and builds the response."""
@@ -341,6 +365,7 @@ class RecommendationService:
             items=items,
             ignored_context_items=retrieval.ignored_context_items,
             warnings=warnings,
+            ranking_model_version=retrieval.ranking_model_version,
         )
         if self.responses is not None:
             self.responses.remember(recommendation.request_id, recommendation.scene,

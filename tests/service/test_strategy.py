@@ -238,7 +238,9 @@ def test_filters_and_denylist_reload(catalogue: Catalogue, tmp_path: Path) -> No
 
 
 def test_response_dataclasses_match_the_documented_schema() -> None:
-    assert [f.name for f in dataclasses.fields(Recommendation)] == list(RecommendResponse.model_fields)
+    # The route adds the experiment's fields (experiment, arm, propensity) after the service's own.
+    assert [f.name for f in dataclasses.fields(Recommendation)] + ["experiment", "arm", "propensity"] == list(
+        RecommendResponse.model_fields)
     assert [f.name for f in dataclasses.fields(RecommendedItem)] == list(RecommendedItemOut.model_fields)
 
 
