@@ -98,7 +98,8 @@ def run_experiment(experiment_file: str, run_dir: str, model_url: str, work_dir:
     """One experiment through the service; its verdict from the service's log and its truth."""
     import numpy as np
 
-    from experiments import analysis, analyze, simulator as sim_lib, traffic
+    from experiments import analysis, analyze, traffic
+    from experiments import simulator as sim_lib
     from experiments.config import load_experiment
     from experiments.http_backend import HttpBackend
     from service.event_log import export

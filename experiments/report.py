@@ -88,7 +88,7 @@ def markdown(verdict: Verdict, plots: Mapping[str, str], notes: tuple[str, ...] 
              f"**Verdict: {verdict.status}.** {verdict.message}", "",
              f"- SRM gate: chi-square = {srm.statistic:.3f}, dof = {srm.dof}, p = {srm.p_value:.3g}"
              f" ({'pass' if srm.passed else 'FAIL: no verdict'}; threshold {srm.threshold})",
-             f"- users per arm: " + ", ".join(f"{a} {n:,}" for a, n in verdict.users.items())]
+             "- users per arm: " + ", ".join(f"{a} {n:,}" for a, n in verdict.users.items())]
     if verdict.mixed_users:
         lines.append(f"- users seen in several arms (left out): {verdict.mixed_users:,}")
     lines += [f"- {note}" for note in notes]

@@ -66,11 +66,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     import dataclasses
 
     import numpy as np
-    from experiments import policies, simulator as sim_lib, traffic
+
+    from experiments import policies, traffic
+    from experiments import simulator as sim_lib
     from experiments.assignment import Assigner
     from experiments.bandits import StrategyBandit
     from experiments.config import load_experiment
-    from shoprec import features
     from shoprec.config import ShopConfig
 
     config = load_experiment(args.experiment)

@@ -22,7 +22,13 @@ from experiments.assignment import Assigner
 from experiments.config import load_experiment
 from service import event_log
 from shoprec import features
-from tests.service.conftest import REPO_ROOT, ModelServer, TrainedRun, start_service, wait_healthy
+from tests.service.conftest import (
+    REPO_ROOT,
+    ModelServer,
+    TrainedRun,
+    start_service,
+    wait_healthy,
+)
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(900)]
 

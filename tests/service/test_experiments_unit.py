@@ -22,7 +22,6 @@ from service import event_log
 from service.event_log import LoggedEvent, SqliteEventLog
 from service.experiments import (
     LiveExperiment,
-    LiveExperiments,
     build_live_experiments,
     load_experiment_configs,
 )
