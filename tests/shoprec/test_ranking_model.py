@@ -1,0 +1,87 @@
+"""The DCN-v2 ranking model (shoprec/model/ranking.py) without TFX: layers, loss, and that its
+cross layers learn an interaction a logistic regression on the same features cannot."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import tensorflow as tf
+import tensorflow_recommenders as tfrs
+
+from shoprec import features as F
+from shoprec.config import RankingConfig
+from shoprec.model import ranking
+
+VOCABULARY = 8
+ROWS = {f.transformed_name: VOCABULARY for f in F.RANKING_FEATURES if f.kind == "categorical"}
+
+
+def batch(n: int, seed: int = 0) -> dict[str, tf.Tensor]:
+    """Transformed features; clicked = (user bucket == item bucket) XOR-like, purchased = clicked on even items."""
+    rng = np.random.default_rng(seed)
+    inputs: dict[str, tf.Tensor] = {}
+    for feature in F.RANKING_FEATURES:
+        if feature.kind == "categorical":
+            inputs[feature.transformed_name] = tf.constant(rng.integers(0, VOCABULARY, n), tf.int64)
+        elif feature.kind == "position":
+            inputs[feature.transformed_name] = tf.constant(rng.integers(0, F.MAX_POSITION + 1, n), tf.int64)
+        else:
+            inputs[feature.transformed_name] = tf.constant(rng.normal(size=n), tf.float32)
+    user = inputs[F.RANKING_FEATURES_BY_NAME[F.USER_ID].transformed_name].numpy()
+    item = inputs[F.RANKING_FEATURES_BY_NAME[F.ITEM_ID].transformed_name].numpy()
+    clicked = ((user % 2) == (item % 2)).astype(np.float32)  # an interaction: no main effect of either
+    inputs[F.CLICKED] = tf.constant(clicked)
+    inputs[F.PURCHASED] = tf.constant(clicked * (item % 4 == 0))
+    return inputs
+
+
+def auc(labels: np.ndarray, scores: np.ndarray) -> float:
+    order = np.argsort(scores)
+    ranks = np.empty(len(scores))
+    ranks[order] = np.arange(1, len(scores) + 1)
+    positives = labels == 1
+    return float((ranks[positives].sum() - positives.sum() * (positives.sum() + 1) / 2)
+                 / (positives.sum() * (~positives).sum()))
+
+
+def test_dcn_has_cross_layers_and_two_outputs_per_example() -> None:
+    model = ranking.RankingModel(ROWS, RankingConfig(cross_layers=3))
+    outputs = model(batch(16))
+    assert set(outputs) == {ranking.CLICK_LOGIT, ranking.PURCHASE_LOGIT}
+    assert all(value.shape == (16,) for value in outputs.values())
+    crosses = [layer for layer in model.submodules if isinstance(layer, tfrs.layers.dcn.Cross)]
+    assert len(crosses) == 3
+
+
+def test_loss_is_click_plus_weighted_purchase_cross_entropy() -> None:
+    inputs = batch(64, seed=1)
+    model = ranking.RankingModel(ROWS, RankingConfig(purchase_weight=0.5, l2=0.0))
+    outputs = model(inputs)
+    bce = tf.keras.losses.BinaryCrossentropy(from_logits=True)
+    expected = (bce(inputs[F.CLICKED], outputs[ranking.CLICK_LOGIT])
+                + 0.5 * bce(inputs[F.PURCHASED], outputs[ranking.PURCHASE_LOGIT]))
+    assert float(model.compute_loss(inputs)) == pytest.approx(float(expected), rel=1e-5)
+
+
+def test_cross_layers_learn_an_interaction_the_logistic_baseline_cannot() -> None:
+    train, test = batch(4096, seed=2), batch(1024, seed=3)
+    scores = {}
+    for kind in ("dcn", "logistic"):
+        tf.keras.utils.set_random_seed(0)
+        model = ranking.RankingModel(ROWS, RankingConfig(l2=0.0), kind=kind)
+        model.compile(optimizer=tf.keras.optimizers.Adam(0.01))
+        model.fit(tf.data.Dataset.from_tensor_slices(train).batch(128), epochs=6, verbose=0)
+        scores[kind] = auc(test[F.CLICKED].numpy(), model(test)[ranking.CLICK_LOGIT].numpy())
+    assert scores["dcn"] > 0.95
+    assert abs(scores["logistic"] - 0.5) < 0.06  # no main effect to find
+
+
+def test_bad_arguments_are_refused() -> None:
+    with pytest.raises(ValueError, match="kind must be dcn or logistic"):
+        ranking.RankingModel(ROWS, kind="gbdt")  # type: ignore[arg-type]
+    missing = dict(ROWS)
+    missing.pop(F.RANKING_FEATURES_BY_NAME[F.BRAND].transformed_name)
+    with pytest.raises(ValueError, match="no vocabulary size for brand_xf"):
+        ranking.RankingModel(missing)
+    with pytest.raises(ValueError, match="cross_layers must be >= 1"):
+        RankingConfig(cross_layers=0)
