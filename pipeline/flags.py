@@ -33,6 +33,16 @@ def parse_bool(text: str) -> bool:
 _FLAG_TYPES = {"int": int, "float": float, "bool": parse_bool, "str": str}
 
 
+# TrainConfig fields whose flag would clash with a runner's own (the local runner's --seed is the
+# generated shop's): their flag gets a train_ prefix.
+_CLASHING = frozenset({"seed"})
+
+
+def _train_flag(name: str) -> str:
+    """The flag (and argparse dest) of TrainConfig field ``name``."""
+    return f"train_{name}" if name in _CLASHING else name
+
+
 def add_model_flags(parser: argparse.ArgumentParser) -> None:
     """The split, hyper-parameter, blessing and caching flags."""
     group = parser.add_argument_group("model", "split, two-tower hyper-parameters, blessing")
@@ -41,7 +51,7 @@ def add_model_flags(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--history_length", type=int, default=SplitConfig.history_length,
                        help="behaviour-sequence length N (default: %(default)s)")
     for field in dataclasses.fields(TrainConfig):  # every hyper-parameter, e.g. --learning_rate
-        group.add_argument(f"--{field.name}", type=_FLAG_TYPES[field.type], default=field.default,
+        group.add_argument(f"--{_train_flag(field.name)}", type=_FLAG_TYPES[field.type], default=field.default,
                            help=f"two-tower {field.name} (default: %(default)s)")
     group.add_argument("--min_ndcg", type=float, default=EvalConfig.min_blessing_value,
                        help="absolute floor on NDCG@10 for blessing (default: %(default)s)")
@@ -75,7 +85,7 @@ def configs_from_flags(args: argparse.Namespace) -> tuple[SplitConfig, TrainConf
       ValueError: a value the configs refuse (the message names it).
     """
     split = SplitConfig(eval_fraction=args.eval_fraction, history_length=args.history_length)
-    train = TrainConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)})
+    train = TrainConfig(**{f.name: getattr(args, _train_flag(f.name)) for f in dataclasses.fields(TrainConfig)})
     evaluation = EvalConfig(min_blessing_value=args.min_ndcg, must_beat_popularity=not args.bless_below_popularity)
     return split, train, evaluation
 
