@@ -105,7 +105,7 @@ def train_config(custom_config: dict[str, Any]) -> TrainConfig:
 
 # Hyper-parameters the Tuner searches; their values replace TrainConfig's in run_fn.
 # (The temperature is not searched: it rescales the loss the tuner compares.)
-TUNED = {"learning_rate": (0.02, 0.05, 0.1), "embedding_dim": (32, 64),
+TUNED = {"learning_rate": (0.002, 0.005, 0.01), "embedding_dim": (32, 64),
          "pooling": two_tower.POOLINGS}
 # What run_fn reads of each training example: the model's features, plus what the user snapshot,
 # the validation carve-out and all-position training need.
@@ -195,7 +195,8 @@ def train_model(inputs: _Inputs, began: float | None = None
         every = {name: np.concatenate([inputs.fitted[name], inputs.held_out[name]]) for name in inputs.fitted}
         tf.keras.utils.set_random_seed(config.seed)
         model = inputs.build_model(config)
-        refit_config = dataclasses.replace(config, epochs=result.best_epoch, time_budget_s=0.0)
+        refit_config = dataclasses.replace(config, epochs=result.best_epoch or result.epochs_run,
+                                           time_budget_s=0.0)
         refit = training.fit(model, training.example_dataset(every, refit_config), refit_config, log=logging.info)
         result = dataclasses.replace(result, refit_epochs=refit.epochs_run,
                                      total_seconds=result.total_seconds + refit.total_seconds)

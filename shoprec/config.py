@@ -54,20 +54,20 @@ class TrainConfig:
     The defaults were searched on the validation slice of the 100K shop (docs/quality.md).
     """
 
-    epochs: int = 3  # most passes over the training examples (early stopping may stop sooner)
+    epochs: int = 40  # most passes over the training examples (early stopping stops sooner)
     batch_size: int = 1024
-    learning_rate: float = 0.05
+    learning_rate: float = 0.005
     embedding_dim: int = 64  # output width of both towers
-    temperature: float = 0.1
+    temperature: float = 0.2
     logq_correction: bool = True  # in_batch loss only: subtract log Q(item) from each logit
     # in_batch: TFRS in-batch softmax | full_softmax: every catalogue item is a class |
     # sampled_softmax: `negatives` uniformly drawn items per batch (large catalogues)
-    loss: str = "in_batch"
+    loss: str = "full_softmax"
     negatives: int = 1024  # sampled_softmax: items drawn per batch
     # True: a training example is its whole history with a loss at every position (the next item
     # after each; softmax losses only); False: one loss per example, on its own item
     all_positions: bool = False
-    optimizer: str = "adagrad"  # adagrad | adam
+    optimizer: str = "adam"  # adagrad | adam
     attention_blocks: int = 1  # causal self-attention blocks of the attention pooling
     attention_heads: int = 2  # must divide item_embedding_dim
     dropout: float = 0.0  # attention and gru poolings
@@ -75,20 +75,20 @@ class TrainConfig:
     item_embedding_dim: int = 32  # width of the shared item-id table
     projection: str = "mlp"  # mlp | linear | none: each tower's head on its concatenated features
     normalize: bool = True  # cosine scores (then divided by the temperature) instead of dot products
-    use_user_id: bool = True  # the query tower reads the user-id embedding
+    use_user_id: bool = False  # the query tower reads the user-id embedding (it overfit on the 100K shop)
     use_age_group: bool = True  # the query tower reads the age-group embedding
     candidate_attributes: bool = True  # the candidate tower reads category, brand and price
     # Early stopping: the latest validation_fraction of the TRAIN period's events are held out
     # (never the eval split); training stops after `patience` validations without a better
     # NDCG@10 on them, or when another epoch would pass time_budget_s, and keeps the best epoch.
     # validation_fraction 0: no hold-out, exactly `epochs` epochs.
-    validation_fraction: float = 0.0
+    validation_fraction: float = 0.1
     patience: int = 2
     validate_every: int = 1  # epochs between validations
-    time_budget_s: float = 0.0  # training wall-time budget in seconds; 0: none
+    time_budget_s: float = 60.0  # wall-time budget of the search in seconds (the refit comes after); 0: none
     # After early stopping, train a fresh model on every train example (the held-out slice too)
     # for the best epoch count: the slice is the most recent data.
-    refit: bool = False
+    refit: bool = True
     # full_softmax, one position: the example's history items (other than its own item) are not
     # classes of its softmax; the Evaluator excludes seen items, so the loss need not rank them.
     mask_history: bool = False

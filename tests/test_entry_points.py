@@ -33,6 +33,8 @@ ENTRY_POINTS = (
     "bench.serving",
     "bench.grpc_floor",
     "bench.quality",
+    "bench.retrieval_quality",
+    "bench.train_on_run",
     "bench.recommend",
     "bench.pipeline",
     "bench.generate",

@@ -71,7 +71,7 @@ def _columns(n: int, seed: int = 0) -> dict[str, np.ndarray]:
 
 
 @pytest.mark.parametrize("config", [
-    TrainConfig(),
+    TrainConfig(loss="in_batch", optimizer="adagrad", learning_rate=0.05),
     TrainConfig(loss="full_softmax", pooling="attention", optimizer="adam", learning_rate=0.01),
     TrainConfig(loss="sampled_softmax", negatives=8, all_positions=True, pooling="attention"),
 ], ids=["in_batch", "full_softmax", "sampled_all_positions"])
@@ -172,6 +172,13 @@ def test_the_trainer_early_stops_on_the_train_periods_slice_and_never_reads_eval
     assert read == ["train"]
     assert all("valid" in record for record in result.history)
     assert result.stopped_by in ("patience", "epochs") and result.best_value > 0
+    assert result.refit_epochs == result.best_epoch  # then a fresh model on every train example
+
+
+def test_the_default_config_early_stops_within_a_budget_and_refits():
+    config = TrainConfig()
+    assert config.validation_fraction > 0 and config.time_budget_s > 0 and config.refit
+    assert config.epochs > 3  # early stopping, not a fixed count, decides the length
 
 
 def test_the_trainer_and_the_benchmark_build_and_fit_with_the_same_functions(monkeypatch):
@@ -184,7 +191,7 @@ def test_the_trainer_and_the_benchmark_build_and_fit_with_the_same_functions(mon
     monkeypatch.setattr(training, "build_model", lambda *a, **k: calls.append("build") or build(*a, **k))
     monkeypatch.setattr(training, "fit", lambda *a, **k: calls.append("fit") or fit(*a, **k))
     monkeypatch.setattr(trainer_module.tft, "TFTransformOutput", _FakeTransformOutput)
-    config = TrainConfig(loss="full_softmax", batch_size=64, epochs=1)
+    config = TrainConfig(loss="full_softmax", batch_size=64, epochs=1, validation_fraction=0.0)
     trainer_module.train_model(trainer_module._Inputs(_fn_args(_columns(200), config, [])))
     assert calls == ["build", "fit"]
     sequences = {f"u{u}": [f"i{(u + s) % 30}" for s in range(6)] for u in range(60)}
