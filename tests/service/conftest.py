@@ -214,6 +214,11 @@ def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         process.wait(timeout=10)
 
 
+# Services of tests about retrieval, session and diversity behaviour run without the ranking
+# stage, which reorders by its own model (tests/service/test_ranking_e2e.py tests that stage).
+RETRIEVAL_ORDER = ("--ranking_model_name", "")
+
+
 def start_service(trained_run: TrainedRun, model_url: str, work_dir: Path, *extra: str) -> Process:
     """Starts ``python -m service.app`` on a free port; returns once /healthz answers."""
     port = portpicker.pick_unused_port()
@@ -246,7 +251,8 @@ def wait_healthy(process: Process) -> None:
 @pytest.fixture(scope="session")
 def service(trained_run: TrainedRun, model_server: ModelServer, redis_url: str,
             tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
-    """The service over gRPC with Redis, its own event log and a denylist of the 4 most popular items."""
+    """The service over gRPC with Redis, its own event log and a denylist of the 4 most popular items
+    (retrieval order: no ranking stage)."""
     work_dir = tmp_path_factory.mktemp("service")
     events = pd.read_csv(trained_run.data_dir / features.EVENTS_FILE, dtype=str)
     denylisted = tuple(events[features.ITEM_ID].value_counts().index[:4])
@@ -254,7 +260,7 @@ def service(trained_run: TrainedRun, model_server: ModelServer, redis_url: str,
     denylist.write_text("# out of stock\n" + "\n".join(denylisted) + "\n")
     event_log = work_dir / "events.sqlite"
     process = start_service(trained_run, model_server.grpc_url, work_dir, "--redis_url", redis_url,
-                            "--event_log", str(event_log), "--denylist", str(denylist))
+                            "--event_log", str(event_log), "--denylist", str(denylist), *RETRIEVAL_ORDER)
     try:
         wait_healthy(process)
         yield Service(process, denylisted, event_log)

@@ -17,7 +17,14 @@ import requests
 
 from service.event_log_redis import RedisStreamEventLog
 from shoprec import features
-from tests.service.conftest import ModelServer, Process, TrainedRun, start_service, wait_healthy
+from tests.service.conftest import (
+    RETRIEVAL_ORDER,
+    ModelServer,
+    Process,
+    TrainedRun,
+    start_service,
+    wait_healthy,
+)
 from tests.service.redis_server import DURABLE, RedisServer
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(900)]
@@ -128,7 +135,9 @@ def test_a_redis_log_without_fsync_always_is_refused_at_start(trained_run: Train
 def test_two_replicas_share_the_redis_log_and_store(trained_run: TrainedRun, model_server: ModelServer,
                                                      tmp_path: Path, durable_redis: RedisServer) -> None:
     """A click posted to replica A changes the next list replica B serves."""
-    shared = ("--event_log", durable_redis.url, "--redis_url", durable_redis.url)
+    # Without the ranking stage: the session's effect on the retrieval routes is what is checked
+    # (the ranking stage has tests/service/test_ranking_e2e.py).
+    shared = ("--event_log", durable_redis.url, "--redis_url", durable_redis.url, *RETRIEVAL_ORDER)
     (tmp_path / "a").mkdir()
     (tmp_path / "b").mkdir()
     replica_a = start_service(trained_run, model_server.grpc_url, tmp_path / "a", *shared)

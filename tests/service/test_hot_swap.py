@@ -15,7 +15,14 @@ import pytest
 import requests
 
 from shoprec import config
-from tests.service.conftest import REPO_ROOT, TrainedRun, start, start_service, wait_healthy
+from tests.service.conftest import (
+    REPO_ROOT,
+    RETRIEVAL_ORDER,
+    TrainedRun,
+    start,
+    start_service,
+    wait_healthy,
+)
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(900)]
 
@@ -47,7 +54,7 @@ def test_hot_swap_under_load(trained_run: TrainedRun, tmp_path: Path) -> None:
     service = None
     try:
         service = start_service(trained_run, f"grpc://127.0.0.1:{grpc_port}", tmp_path, "--event_log",
-                                str(tmp_path / "events.sqlite"), "--model_poll_seconds", "0.5")
+                                str(tmp_path / "events.sqlite"), "--model_poll_seconds", "0.5", *RETRIEVAL_ORDER)
         wait_healthy(service)
         stop = threading.Event()
         failures: list[str] = []
