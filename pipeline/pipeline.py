@@ -7,15 +7,16 @@ Beam arguments (see ``local_runner.py``).
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 
 import tensorflow_model_analysis as tfma
 from tfx import v1 as tfx
+from tfx.dsl.components.base import executor_spec
 
 from components.anomalies_gate import AnomaliesGate
 from components.events_example_gen import EventsExampleGen
+from components.idempotent_pusher import Executor as IdempotentPusherExecutor
 from components.infra_validator import local_infra_validator
 from components.ranking_example_gen import RankingExampleGen
 from components.retrieval_evaluator import RetrievalEvaluator
@@ -44,6 +45,9 @@ RANKING_EXAMPLE_GEN = "RankingExampleGen"
 RANKING_TRANSFORM = "RankingTransform"
 RANKING_TRAINER = "RankingTrainer"
 RANKING_RESOLVER = "ranking_model_resolver"
+# Both Pushers: TFX's, except that a model identical to the serving version is not copied again
+# (the standard Evaluator re-blesses a cached model whose baseline is itself).
+IDEMPOTENT_PUSH = executor_spec.ExecutorClassSpec(IdempotentPusherExecutor)
 RANKING_EVALUATOR = "RankingEvaluator"
 RANKING_PUSHER = "RankingPusher"
 RANKING_SLICES = (features.SCENE, features.CATEGORY, features.USER_SEGMENT)
@@ -185,7 +189,8 @@ def create_pipeline(
         infra_blessing=infra_validator.outputs["blessing"] if infra_validator else None,
         push_destination=tfx.proto.PushDestination(
             filesystem=tfx.proto.PushDestination.Filesystem(
-                base_directory=os.path.join(serving_dir, model_name))))
+                base_directory=os.path.join(serving_dir, model_name))),
+        custom_executor_spec=IDEMPOTENT_PUSH)
     ranking_components = [] if ranking is None else _ranking_branch(
         trainer.outputs["model"], data_dir, serving_dir, split, ranking, ranking_model_name)
     return tfx.dsl.Pipeline(
@@ -211,7 +216,7 @@ def _ranking_branch(retrieval_model: tfx.dsl.Channel, data_dir: str, serving_dir
     transform = tfx.components.Transform(
         examples=example_gen.outputs["examples"], schema=example_gen.outputs["schema"],
         preprocessing_fn=RANKING_PREPROCESSING_FN, disable_statistics=True).with_id(RANKING_TRANSFORM)
-    custom_config = dataclasses.asdict(ranking)
+    custom_config = ranking.training_fields()
     custom_config.update(items_path=os.path.join(data_dir, features.ITEMS_FILE),
                          users_path=os.path.join(data_dir, features.USERS_FILE))
     trainer = tfx.components.Trainer(
@@ -232,5 +237,6 @@ def _ranking_branch(retrieval_model: tfx.dsl.Channel, data_dir: str, serving_dir
     pusher = tfx.components.Pusher(
         model=trainer.outputs["model"], model_blessing=evaluator.outputs["blessing"],
         push_destination=tfx.proto.PushDestination(filesystem=tfx.proto.PushDestination.Filesystem(
-            base_directory=os.path.join(serving_dir, model_name)))).with_id(RANKING_PUSHER)
+            base_directory=os.path.join(serving_dir, model_name))),
+        custom_executor_spec=IDEMPOTENT_PUSH).with_id(RANKING_PUSHER)
     return [example_gen, transform, trainer, last_blessed, evaluator, pusher]

@@ -9,6 +9,7 @@ from typing import Any
 import tensorflow as tf
 from ml_metadata.proto import metadata_store_pb2
 
+from components.idempotent_pusher.executor import IDENTICAL_TO_VERSION
 from components.retrieval_evaluator.component import METRICS_FILE
 from pipeline.run_schema import RunSchema
 from shoprec import features
@@ -67,9 +68,10 @@ def collect(metadata_path: str, pipeline_name: str, since: float) -> dict[str, A
     store = open_store(metadata_path)
     components: dict[str, dict[str, Any]] = {}
     summary: dict[str, Any] = {"components": components, "metrics": None, "blessed": None,
-                               "pushed": False, "pushed_model": None, "pushed_version": None}
+                               "pushed": False, "pushed_model": None, "pushed_version": None,
+                               "identical_to_version": None}
     ranking: dict[str, Any] = {"evaluation": None, "blessed": None, "pushed": False, "pushed_model": None,
-                               "pushed_version": None, "training": None}
+                               "pushed_version": None, "identical_to_version": None, "training": None}
     for node, executions in node_executions(store, pipeline_name, since).items():
         if not executions:
             continue
@@ -97,6 +99,7 @@ def collect(metadata_path: str, pipeline_name: str, since: float) -> dict[str, A
                 summary["pushed"] = bool(_custom(artifact, "pushed"))
                 summary["pushed_model"] = _custom(artifact, "pushed_destination")
                 summary["pushed_version"] = _custom(artifact, "pushed_version")
+                summary["identical_to_version"] = _custom(artifact, IDENTICAL_TO_VERSION)
     if any(node.startswith(_RANKING_NODE_PREFIX) for node in components):
         summary["ranking"] = ranking
     return summary
@@ -112,6 +115,7 @@ def _collect_ranking(ranking: dict[str, Any], type_name: str, artifact: metadata
         ranking["pushed"] = bool(_custom(artifact, "pushed"))
         ranking["pushed_model"] = _custom(artifact, "pushed_destination")
         ranking["pushed_version"] = _custom(artifact, "pushed_version")
+        ranking["identical_to_version"] = _custom(artifact, IDENTICAL_TO_VERSION)
     elif type_name == "ModelRun":
         path = os.path.join(artifact.uri, RANKING_TRAINING_REPORT)
         if tf.io.gfile.exists(path):
@@ -149,7 +153,7 @@ def format_summary(summary: dict[str, Any]) -> str:
     if summary.get("pushed"):
         lines.append(f"  pushed: {summary['pushed_model']} (version {summary['pushed_version']})")
     else:
-        lines.append("  pushed: nothing (the model was not blessed, or the push was cached)")
+        lines.append(f"  pushed: nothing ({_not_pushed_reason(summary, 'the model was not blessed')})")
     if summary.get("ranking"):
         lines += _ranking_lines(summary["ranking"])
     lines.append(f"  wall time: {summary.get('wall_seconds')} s; summary: "
@@ -175,8 +179,15 @@ def _ranking_lines(ranking: dict[str, Any]) -> list[str]:
     if ranking.get("pushed"):
         lines.append(f"  ranking pushed: {ranking['pushed_model']} (version {ranking['pushed_version']})")
     else:
-        lines.append("  ranking pushed: nothing (not blessed, or the push was cached)")
+        lines.append(f"  ranking pushed: nothing ({_not_pushed_reason(ranking, 'not blessed')})")
     return lines
+
+
+def _not_pushed_reason(summary: dict[str, Any], not_blessed: str) -> str:
+    """Why a model was not pushed: identical to the serving version, or not blessed / cached."""
+    if summary.get("identical_to_version"):
+        return f"identical to the serving version {summary['identical_to_version']}"
+    return f"{not_blessed}, or the push was cached"
 
 
 def write_run_summary(metadata_path: str, pipeline_name: str, since: float, output_dir: str,

@@ -174,6 +174,12 @@ class RankingConfig:
         if self.sampled_negatives < 1:
             raise ValueError(f"sampled_negatives must be >= 1, got {self.sampled_negatives}")
 
+    def training_fields(self) -> dict[str, object]:
+        """The fields the RankingTrainer reads. The blessing floors and the negative sampling are left
+        out, so that changing them does not invalidate the Trainer's cache (a cached model, re-judged)."""
+        return {name: value for name, value in dataclasses.asdict(self).items()
+                if name not in ("min_auc", "regression_tolerance", "sampled_negatives")}
+
 
 RANKING_MODEL_NAME = "shoprec_ranking"
 RANKING_CANDIDATES = 200  # candidates the service sends to the ranking model per request

@@ -24,14 +24,13 @@ from collections.abc import Sequence
 
 import numpy as np
 import tensorflow as tf
+from tensorflow.core.framework import types_pb2
+from tensorflow.python.saved_model import loader_impl  # pylint: disable=g-direct-tensorflow-import
+from tensorflow_serving.apis import model_pb2, predict_pb2
 from tfx import types
 from tfx.components.infra_validator import request_builder
 from tfx.proto import infra_validator_pb2
 from tfx.utils import path_utils
-
-from tensorflow.core.framework import types_pb2
-from tensorflow.python.saved_model import loader_impl  # pylint: disable=g-direct-tensorflow-import
-from tensorflow_serving.apis import model_pb2, predict_pb2
 
 _DEFAULT_NUM_EXAMPLES = 1
 

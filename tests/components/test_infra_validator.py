@@ -8,12 +8,10 @@ builds and compiles it.
 
 from __future__ import annotations
 
-import gzip
 import json
 import os
 from pathlib import Path
 
-import numpy as np
 import pytest
 import tensorflow as tf
 from tfx import v1 as tfx
@@ -21,9 +19,13 @@ from tfx.orchestration import metadata
 from tfx.types import artifact_utils, standard_artifacts
 
 from bench import synthetic_model
-from components.infra_validator import local_infra_validator, request_spec, standard_infra_validator
-from components.infra_validator.component import DEFAULT_SIGNATURES
+from components.infra_validator import (
+    local_infra_validator,
+    request_spec,
+    standard_infra_validator,
+)
 from components.infra_validator import requests as requests_lib
+from components.infra_validator.component import DEFAULT_SIGNATURES
 from components.infra_validator.executor import Executor
 from shoprec import features
 

@@ -1,10 +1,11 @@
 """The real pipeline, end to end, on a small generated shop (LocalDagRunner, SQLite MLMD, Beam).
 
 The runs share one output folder, in this order: a first run (both models blessed, pushed); a
-rerun, where everything up to the Trainer is cached and the evaluator refuses to bless the same
-model twice; a third run, entirely cached; a run whose blessing floors (NDCG, ranking AUC) cannot
-be met; then untrained models (learning rate 0) that lose to popularity and regress against the
-last blessed model (the ranking model too, against the last blessed ranking model).
+rerun, where everything up to the Trainers is cached, the retrieval evaluator refuses to bless the
+same model twice and the ranking Pusher does not copy the serving version again; a third run,
+entirely cached; a run whose blessing floors (NDCG, ranking AUC) cannot be met; then untrained
+models (learning rate 0) that lose to popularity and regress against the last blessed model (the
+ranking model too, against the last blessed ranking model).
 Corrupted data gets its own folder.
 """
 
@@ -169,6 +170,11 @@ def test_rerun_with_unchanged_inputs_uses_the_cache(first_run, output_dir):
     # same model, and does not bless it twice, so nothing is pushed again.
     assert states["RetrievalEvaluator"] == "COMPLETE" and second["pushed"] is False
     assert any("last blessed model itself" in r for r in second["blessing_reasons"])
+    # TFX's Evaluator re-blesses the cached ranking model (its baseline is itself); the Pusher sees
+    # the files of the serving version and does not copy them again.
+    assert states["RankingEvaluator"] == "COMPLETE" and second["ranking"]["blessed"] is True
+    assert second["ranking"]["pushed"] is False
+    assert second["ranking"]["identical_to_version"] == str(first_run["ranking"]["pushed_version"])
     third = run(output_dir, *BELOW_POPULARITY_OK)
     states = {node: c["state"] for node, c in third["components"].items()}
     assert {node: states.pop(node) for node in RESOLVERS} == {node: "COMPLETE" for node in RESOLVERS}
