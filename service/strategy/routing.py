@@ -9,7 +9,7 @@ The table is data (JSON), so a shop can add scenes or re-weight routes without c
       "scenes": {
         "home":   {"routes": [{"route": "two_tower", "weight": 1.0},
                               {"route": "session", "weight": 0.6}],
-                   "fallback": "popularity", "diversity": 0.2},
+                   "fallback": "popularity", "diversity": 0.2, "session_slots": 2},
         "cart":   {"routes": [{"route": "complementary", "weight": 1.0}], "fallback": "popularity"},
         "detail": {"routes": [{"route": "similar", "weight": 1.0},
                               {"route": "complementary", "weight": 0.5}], "fallback": "popularity"}
@@ -17,7 +17,9 @@ The table is data (JSON), so a shop can add scenes or re-weight routes without c
     }
 
 A scene may also name its ranking ``"objective"``: ``"click"`` (the default: order by predicted
-click probability) or ``"revenue"`` (click probability times price).
+click probability) or ``"revenue"`` (click probability times price), and ``"session_slots"``: the
+top slots of a model-ranked list kept for the live session's candidates (default 0; home has 2;
+see ``service.strategy.ranking``).
 
 ``fusion_k`` is the constant of reciprocal-rank fusion (smaller: the top of each route counts
 more); ``pool_size`` is how many candidates each route may contribute, and the size the fallback
@@ -45,7 +47,8 @@ DEFAULT_ROUTING: dict[str, Any] = {
     "scenes": {
         HOME: {"routes": [{"route": retrievers.TWO_TOWER, "weight": 1.0},
                           {"route": retrievers.SESSION, "weight": 0.6}],
-               "fallback": retrievers.POPULARITY, "diversity": 0.2},  # bench/results/diversity.json
+               "fallback": retrievers.POPULARITY, "diversity": 0.2,  # bench/results/diversity.json
+               "session_slots": 2},
         CART: {"routes": [{"route": retrievers.COMPLEMENTARY, "weight": 1.0}],
                "fallback": retrievers.POPULARITY, "diversity": 0.0},
         DETAIL: {"routes": [{"route": retrievers.SIMILAR, "weight": 1.0},
@@ -53,6 +56,13 @@ DEFAULT_ROUTING: dict[str, Any] = {
                  "fallback": retrievers.POPULARITY, "diversity": 0.0},
     },
 }
+
+
+def _whole_number(value: Any, name: str) -> int:
+    """``value`` as an int; a bool, a fraction or a string is refused (ValueError)."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValueError(f"{name} must be a whole number, got {value!r}")
+    return value
 
 
 class RoutingError(ValueError):
@@ -88,6 +98,10 @@ class SceneSpec:
       diversity: the default diversity lambda of the scene, in [0, 1].
       objective: what the ranking stage orders by: ``click`` (predicted click probability) or
         ``revenue`` (click probability x price).
+      session_slots: when the ranking model orders the list, this many best-ranked candidates of
+        the ``session`` route (the live session) move to the top, ahead of the diversity stage
+        (which may still space out similar ones); 0: none. The fused retrieval order needs none:
+        the session route's weight counts there.
     """
 
     name: str
@@ -95,6 +109,7 @@ class SceneSpec:
     fallback: str | None
     diversity: float
     objective: str = "click"
+    session_slots: int = 0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -138,7 +153,8 @@ class RoutingTable:
                                for entry in scene["routes"])
                 fallback = scene.get("fallback")
                 scenes[str(name)] = SceneSpec(str(name), routes, str(fallback) if fallback else None,
-                                              float(scene.get("diversity", 0.0)), str(scene.get("objective", "click")))
+                                              float(scene.get("diversity", 0.0)), str(scene.get("objective", "click")),
+                                              _whole_number(scene.get("session_slots", 0), "session_slots"))
         except (KeyError, TypeError, ValueError, AttributeError) as err:
             raise RoutingError(f"malformed routing table: {err!r}") from err
         if not scenes:
@@ -152,6 +168,11 @@ class RoutingTable:
                 raise RoutingError(f"scene {scene.name!r} has no routes")
             if any(route.weight <= 0 for route in scene.routes):
                 raise RoutingError(f"scene {scene.name!r}: route weights must be positive")
+            if scene.session_slots < 0:
+                raise RoutingError(f"scene {scene.name!r}: session_slots must be >= 0, got {scene.session_slots}")
+            if scene.session_slots and retrievers.SESSION not in {route.route for route in scene.routes}:
+                raise RoutingError(f"scene {scene.name!r}: session_slots needs the {retrievers.SESSION!r} route "
+                                   "among its routes")
             if scene.objective not in OBJECTIVES:
                 raise RoutingError(f"scene {scene.name!r}: objective must be one of {', '.join(OBJECTIVES)}, "
                                    f"got {scene.objective!r}")

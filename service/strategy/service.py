@@ -40,6 +40,7 @@ from service.strategy.ranking import (
     append_fallback,
     fuse,
     rank,
+    reserve_slots,
 )
 from service.strategy.routing import RoutingTable, SceneSpec
 from serving.client import ModelServerError
@@ -328,7 +329,10 @@ class RecommendationService:
         versions = [candidates.model_version for candidates, _ in lists if candidates.model_version is not None]
         if ranked.warning is not None:
             warnings.append(ranked.warning)
-        return Retrieval(scene, query, rank(pool, ranked.scores), versions[0] if versions else None, tuple(ignored),
+        ordered = rank(pool, ranked.scores)
+        if ranked.model_version is not None and scene.session_slots:
+            ordered = reserve_slots(ordered, retrievers.SESSION, scene.session_slots)
+        return Retrieval(scene, query, ordered, versions[0] if versions else None, tuple(ignored),
                          tuple(warnings), session_used, ranked.model_version)
 
     def finish(self, request: RecommendRequest, retrieval: Retrieval, diversity: float) -> Recommendation:

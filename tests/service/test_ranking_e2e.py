@@ -141,6 +141,29 @@ def test_recommend_orders_by_the_ranking_model(ranking_setup: RankingSetup, mode
     np.testing.assert_allclose(scores, expected, rtol=1e-4, atol=1e-6)
 
 
+def test_a_click_changes_the_next_ranked_list(ranking_setup: RankingSetup, trained_run: TrainedRun) -> None:
+    # The ranking model, trained on offline histories, barely moves for one click; home's session
+    # slots put the best-ranked live-session candidates on top, so every next list reacts.
+    events = canonical.read_table(str(trained_run.data_dir / features.EVENTS_FILE))
+    users = [str(user) for user in events[features.USER_ID].value_counts().index[1:40:5]]
+    url = ranking_setup.service.url
+    for user_id in users:
+        request = {"user_id": user_id, "scene": "home", "k": 10}
+        before = requests.post(f"{url}/recommend", json=request, timeout=30).json()
+        assert before["ranking_model_version"] == ranking_setup.ranking_version
+        shown = [item["item_id"] for item in before["items"]]
+        clicked = requests.post(f"{url}/events", json={"user_id": user_id, "item_id": shown[-1], "event_type": "click",
+                                                       "request_id": before["request_id"]}, timeout=30)
+        assert clicked.status_code == 200, clicked.text
+        after = requests.post(f"{url}/recommend", json=request, timeout=30).json()
+        assert after["ranking_model_version"] == ranking_setup.ranking_version
+        assert [item["item_id"] for item in after["items"]] != shown, user_id
+        assert after["items"][0]["reason"].startswith("session: "), user_id
+        # Without the diversity stage (which may move the second, similar one down) both slots show.
+        plain = requests.post(f"{url}/recommend", json={**request, "diversity": 0.0}, timeout=30).json()
+        assert [item["reason"].split(":")[0] for item in plain["items"][:2]] == ["session", "session"], user_id
+
+
 def test_a_ranking_model_outage_degrades_with_a_warning(ranking_setup: RankingSetup, trained_run: TrainedRun) -> None:
     user_id = _active_user(trained_run)
     request = {"user_id": user_id, "scene": "home", "k": 20, "diversity": 0.0}

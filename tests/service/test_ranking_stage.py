@@ -16,7 +16,7 @@ from service.strategy.model_gateway import (
     RankingGateway,
     ServedModel,
 )
-from service.strategy.ranking import CandidatePool, ModelRanker, RetrievalScoreRanker
+from service.strategy.ranking import CandidatePool, ModelRanker, RetrievalScoreRanker, reserve_slots
 from service.strategy.routing import DEFAULT_ROUTING, RoutingError, RoutingTable
 from serving.client import AVAILABLE, Code, ModelServerError, VersionStatus
 from shoprec import features
@@ -196,4 +196,33 @@ def test_routing_table_takes_a_per_scene_objective() -> None:
     assert table.scene("cart").objective == "revenue" and table.scene("home").objective == "click"
     document["scenes"]["cart"]["objective"] = "profit"
     with pytest.raises(RoutingError, match="objective must be one of click, revenue"):
+        RoutingTable.from_dict(document, routes)
+
+
+def test_session_slots_move_the_best_ranked_session_candidates_to_the_top() -> None:
+    routes = np.array(["two_tower", "two_tower", "session", "two_tower", "session", "session"], object)
+    scores = np.array([0.9, 0.8, 0.7, 0.6, 0.5, 0.4])
+    ranked = CandidatePool(np.arange(6, dtype=np.int64), scores, routes, scores.copy(), np.full(6, -1, np.int64))
+    reserved = reserve_slots(ranked, "session", 2)
+    assert reserved.rows.tolist() == [2, 4, 0, 1, 3, 5]  # 5 is the third session candidate: it stays
+    assert np.all(np.diff(reserved.scores) < 0) and reserved.scores[1] > 0.9
+    np.testing.assert_array_equal(reserved.scores[2:], [0.9, 0.8, 0.6, 0.4])
+    assert reserved.routes.tolist()[:2] == ["session", "session"]
+    # No session candidate (no live session) or no slots: the ranked order stands.
+    assert reserve_slots(ranked, "similar", 2) is ranked
+    assert reserve_slots(ranked, "session", 0) is ranked
+
+
+def test_routing_table_checks_session_slots() -> None:
+    routes = {"two_tower", "session", "complementary", "similar", "popularity"}
+    table = RoutingTable.from_dict(DEFAULT_ROUTING, routes)
+    assert table.scene("home").session_slots == 2 and table.scene("cart").session_slots == 0
+    for slots, message in ((-1, "session_slots must be >= 0"), (1.5, "whole number"), ("2", "whole number")):
+        document = {**DEFAULT_ROUTING, "scenes": {
+            **DEFAULT_ROUTING["scenes"], "home": {**DEFAULT_ROUTING["scenes"]["home"], "session_slots": slots}}}
+        with pytest.raises(RoutingError, match=message):
+            RoutingTable.from_dict(document, routes)
+    document = {**DEFAULT_ROUTING, "scenes": {
+        **DEFAULT_ROUTING["scenes"], "cart": {**DEFAULT_ROUTING["scenes"]["cart"], "session_slots": 1}}}
+    with pytest.raises(RoutingError, match="session_slots needs the 'session' route"):
         RoutingTable.from_dict(document, routes)
