@@ -53,6 +53,7 @@ class RankingModel(tfrs.models.Model):
         self._purchase_weight = config.purchase_weight
         self._embeddings: dict[str, tf.keras.layers.Layer] = {}
         width = 1 if kind == "logistic" else None
+        l2 = config.l2 if kind == "dcn" else config.baseline_l2
         for feature in features.RANKING_FEATURES:
             if feature.kind == "numeric":
                 continue
@@ -65,7 +66,7 @@ class RankingModel(tfrs.models.Model):
             # logistic: one weight per value and task (2 columns); dcn: an embedding
             self._embeddings[feature.transformed_name] = tf.keras.layers.Embedding(
                 rows, 2 if width else feature.embedding_dim, name=f"{feature.name}_embedding",
-                embeddings_regularizer=tf.keras.regularizers.l2(config.l2) if config.l2 else None)
+                embeddings_regularizer=tf.keras.regularizers.l2(l2) if l2 else None)
         self._numeric = tuple(f.transformed_name for f in features.RANKING_FEATURES if f.kind == "numeric")
         if kind == "dcn":
             self._cross = [tfrs.layers.dcn.Cross(kernel_initializer="glorot_uniform", name=f"cross_{i}")

@@ -55,7 +55,7 @@ def test_dcn_has_cross_layers_and_two_outputs_per_example() -> None:
 
 def test_loss_is_click_plus_weighted_purchase_cross_entropy() -> None:
     inputs = batch(64, seed=1)
-    model = ranking.RankingModel(ROWS, RankingConfig(purchase_weight=0.5, l2=0.0))
+    model = ranking.RankingModel(ROWS, RankingConfig(purchase_weight=0.5, l2=0.0, baseline_l2=0.0))
     outputs = model(inputs)
     bce = tf.keras.losses.BinaryCrossentropy(from_logits=True)
     expected = (bce(inputs[F.CLICKED], outputs[ranking.CLICK_LOGIT])
@@ -68,7 +68,7 @@ def test_cross_layers_learn_an_interaction_the_logistic_baseline_cannot() -> Non
     scores = {}
     for kind in ("dcn", "logistic"):
         tf.keras.utils.set_random_seed(0)
-        model = ranking.RankingModel(ROWS, RankingConfig(l2=0.0), kind=kind)
+        model = ranking.RankingModel(ROWS, RankingConfig(l2=0.0, baseline_l2=0.0), kind=kind)
         model.compile(optimizer=tf.keras.optimizers.Adam(0.01))
         model.fit(tf.data.Dataset.from_tensor_slices(train).batch(128), epochs=6, verbose=0)
         scores[kind] = auc(test[F.CLICKED].numpy(), model(test)[ranking.CLICK_LOGIT].numpy())
