@@ -108,7 +108,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         summary = run_summary.write_run_summary(
             metadata_path, PIPELINE_NAME, run_started, output_dir=output_dir, data_dir=data_dir,
             serving_dir=serving_dir, schema=schema, wall_seconds=round(time.time() - started, 1))
-    print(run_summary.format_summary(summary))
+    print(run_summary.format_summary(summary, per_component=False))  # the console printed each component
     return 0
 
 

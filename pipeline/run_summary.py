@@ -123,11 +123,17 @@ def _collect_ranking(ranking: dict[str, Any], type_name: str, artifact: metadata
                 ranking["training"] = json.load(f)["eval"]
 
 
-def format_summary(summary: dict[str, Any]) -> str:
-    """Human-readable lines for the end of a run."""
+def format_summary(summary: dict[str, Any], per_component: bool = True) -> str:
+    """Human-readable lines for the end of a run; ``per_component=False`` gives the components in
+    one line (for a run whose console already printed one line each)."""
     lines = ["", "=== pipeline run summary ==="]
-    for node, info in summary["components"].items():
-        lines.append(f"  {node:<30} {info['state']:<9} {info['seconds']:>8.1f} s")
+    states = [info["state"] for info in summary["components"].values()]
+    if per_component:
+        for node, info in summary["components"].items():
+            lines.append(f"  {node:<30} {info['state']:<9} {info['seconds']:>8.1f} s")
+    else:
+        lines.append(f"  components: {len(states)}, {states.count('COMPLETE')} ran, {states.count('CACHED')} cached "
+                     "(times above)")
     metrics = summary.get("metrics") or {}
     shown_names = ("recall@10", "ndcg@10", "mrr@10", "coverage@10", "diversity@10", "recall@100")
     if metrics:

@@ -17,8 +17,8 @@ from typing import Any
 import pytest
 import yaml
 
-from serving import model_server
 from service import event_log, routes, settings
+from serving import model_server
 from shoprec import config
 
 ROOT = Path(__file__).resolve().parents[2]

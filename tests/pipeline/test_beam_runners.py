@@ -76,7 +76,11 @@ def test_dataflow_rejects_invalid_values(bad: str, message: str) -> None:
 def test_flink_accepts_1_15_to_1_18(version: str) -> None:
     args = beam.beam_pipeline_args("flink", 4, ["--flink_master=flink-jobmanager:8081",
                                                 f"--flink_version={version}"], image="reg/img:1")
-    from apache_beam.options.pipeline_options import FlinkRunnerOptions, PipelineOptions, PortableOptions
+    from apache_beam.options.pipeline_options import (
+        FlinkRunnerOptions,
+        PipelineOptions,
+        PortableOptions,
+    )
 
     options = PipelineOptions(args)
     assert options.view_as(FlinkRunnerOptions).flink_version == version

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from pipeline import run_summary
 from pipeline.run_console import RunConsole
 
 ORCHESTRATOR = logging.getLogger("absl")
@@ -113,3 +114,17 @@ def test_the_runner_hides_only_the_traceback_the_console_reported(tmp_path: Path
         local_runner.cli()
     monkeypatch.setattr(local_runner, "main", fails_inside_the_console)
     assert local_runner.cli() == 1
+
+
+def test_the_final_summary_gives_the_components_in_one_line_after_the_console() -> None:
+    summary = {"components": {"EventsExampleGen": {"state": "CACHED", "seconds": 0.0},
+                              "Trainer": {"state": "COMPLETE", "seconds": 12.5},
+                              "Pusher": {"state": "COMPLETE", "seconds": 0.1}},
+               "metrics": None, "blessed": True, "pushed": False, "identical_to_version": "17",
+               "wall_seconds": 20.0, "output_dir": "/out"}
+    short = run_summary.format_summary(summary, per_component=False).splitlines()
+    assert "  components: 3, 2 ran, 1 cached (times above)" in short
+    assert not any("Trainer" in line for line in short)
+    assert "  pushed: nothing (identical to the serving version 17)" in short
+    full = run_summary.format_summary(summary).splitlines()
+    assert len(full) == len(short) + 2 and any(line.startswith("  Trainer ") for line in full)

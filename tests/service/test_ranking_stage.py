@@ -16,7 +16,12 @@ from service.strategy.model_gateway import (
     RankingGateway,
     ServedModel,
 )
-from service.strategy.ranking import CandidatePool, ModelRanker, RetrievalScoreRanker, reserve_slots
+from service.strategy.ranking import (
+    CandidatePool,
+    ModelRanker,
+    RetrievalScoreRanker,
+    reserve_slots,
+)
 from service.strategy.routing import DEFAULT_ROUTING, RoutingError, RoutingTable
 from serving.client import AVAILABLE, Code, ModelServerError, VersionStatus
 from shoprec import features

@@ -17,7 +17,13 @@ from fastapi.testclient import TestClient
 from service.app import check_exposure, create_app
 from service.auth import Guard, RateLimiter, load_api_keys
 from service.components import build_components
-from service.settings import API_KEY_ENV, MAX_TIMESTAMP, ServiceSettings, build_parser, settings_from_args
+from service.settings import (
+    API_KEY_ENV,
+    MAX_TIMESTAMP,
+    ServiceSettings,
+    build_parser,
+    settings_from_args,
+)
 from shoprec import features
 from tests.service.conftest import TrainedRun
 

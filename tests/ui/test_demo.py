@@ -14,8 +14,8 @@ import psutil
 import pytest
 import requests
 
-from tests.service.conftest import REPO_ROOT, TrainedRun
 from shoprec import config
+from tests.service.conftest import REPO_ROOT, TrainedRun
 from ui import demo
 
 pytestmark = [pytest.mark.timeout(900)]
