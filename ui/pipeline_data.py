@@ -13,8 +13,8 @@ from __future__ import annotations
 
 import base64
 import dataclasses
-import html
 import datetime
+import html
 import json
 import os
 import tempfile
