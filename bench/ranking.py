@@ -36,6 +36,7 @@ import portpicker
 
 from bench import recommend
 from bench.generate import machine_info, write_report
+from serving import model_config
 from shoprec import config, features
 from shoprec.data import canonical, generate
 
@@ -235,12 +236,8 @@ def quality(run_dir: str, plot_path: str) -> dict[str, object]:
 
 
 def _models_config(run_dir: str, path: str) -> str:
-    with open(path, "w", encoding="utf-8") as f:
-        f.write("model_config_list {\n" + "".join(
-            f'  config {{ name: "{name}" base_path: "{os.path.join(run_dir, "serving", name)}" '
-            f'model_platform: "tensorflow" model_version_policy {{ latest {{ num_versions: 1 }} }} }}\n'
-            for name in (config.MODEL_NAME, config.RANKING_MODEL_NAME)) + "}\n")
-    return path
+    return model_config.write_model_config_file(path, {name: os.path.join(run_dir, "serving", name)
+                                                       for name in (config.MODEL_NAME, config.RANKING_MODEL_NAME)})
 
 
 def latency(run_dir: str, seconds: float, concurrency: int, warmup_seconds: float) -> dict[str, object]:

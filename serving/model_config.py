@@ -136,6 +136,19 @@ def read_model_config_file(path: str) -> list[ModelConfig]:
         raise invalid_argument(f"Cannot parse model config file {path}: {err}") from err
 
 
+def write_model_config_file(path: str, base_paths: Mapping[str, str]) -> str:
+    """Writes a text-format ModelServerConfig serving each ``{model name: base path}`` (latest
+    version of each, ``tensorflow`` platform); returns ``path``."""
+    server_config = model_server_config_pb2.ModelServerConfig()
+    for name, base_path in base_paths.items():
+        model = server_config.model_config_list.config.add(name=name, base_path=str(base_path),
+                                                            model_platform="tensorflow")
+        model.model_version_policy.latest.num_versions = 1
+    with open(path, "w", encoding="utf-8") as config_file:
+        config_file.write(text_format.MessageToString(server_config))
+    return path
+
+
 # --- the small text protos --------------------------------------------------------------------
 
 _SCALAR_FIELD = re.compile(r"(\w+)\s*:\s*(\"[^\"]*\"|[\w.+-]+)\s*[,;]?")

@@ -28,10 +28,12 @@ from collections.abc import Sequence
 from pathlib import Path
 from types import FrameType
 
+from serving import model_config
 from shoprec import config
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 MODEL_NAME = config.MODEL_NAME
+RANKING_MODEL_NAME = config.RANKING_MODEL_NAME
 STOP_GRACE_S = 20.0
 READY_TIMEOUT_S = 300.0
 
@@ -63,12 +65,19 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def pushed_versions(output_dir: Path) -> list[int]:
-    """The model versions pushed to ``<output_dir>/serving/<model>/`` (with a saved_model.pb)."""
-    base = output_dir / "serving" / MODEL_NAME
+def pushed_versions(output_dir: Path, model_name: str = MODEL_NAME) -> list[int]:
+    """The model versions pushed to ``<output_dir>/serving/<model_name>/`` (with a saved_model.pb)."""
+    base = output_dir / "serving" / model_name
     if not base.is_dir():
         return []
     return sorted(int(p.name) for p in base.iterdir() if p.name.isdigit() and (p / "saved_model.pb").is_file())
+
+
+def served_models(output_dir: Path) -> dict[str, str]:
+    """``{model name: base path}`` for the model server: the retrieval model, and the ranking
+    model when one was pushed (without it the service keeps the retrieval order, with a warning)."""
+    names = [MODEL_NAME] + ([RANKING_MODEL_NAME] if pushed_versions(output_dir, RANKING_MODEL_NAME) else [])
+    return {name: str(output_dir / "serving" / name) for name in names}
 
 
 def pipeline_command(args: argparse.Namespace) -> list[str]:
@@ -185,13 +194,17 @@ def run(args: argparse.Namespace) -> int:
                                 f"(exit {status}); see {log_dir / 'pipeline.log'} and {output_dir / 'logs'}")
         log_dir.mkdir(parents=True, exist_ok=True)
         version = pushed_versions(output_dir)[-1]
-        model_base = output_dir / "serving" / MODEL_NAME
+        served = served_models(output_dir)
+        models_config = model_config.write_model_config_file(str(log_dir / "models.config"), served)
         children.append(spawn("model_server", [
-            sys.executable, "-m", "serving.model_server", f"--model_name={MODEL_NAME}",
-            f"--model_base_path={model_base}", f"--port={args.model_port}",
-            f"--rest_api_port={args.model_rest_port}", f"--bind_address={host}"], log_dir, env))
-        wait_ready(children[-1], f"http://{host}:{args.model_rest_port}/v1/models/{MODEL_NAME}", "AVAILABLE")
-        print(f"demo: model server up, version {version} (gRPC {host}:{args.model_port}, "
+            sys.executable, "-m", "serving.model_server", f"--model_config_file={models_config}",
+            f"--port={args.model_port}", f"--rest_api_port={args.model_rest_port}", f"--bind_address={host}"],
+            log_dir, env))
+        for name in served:
+            wait_ready(children[-1], f"http://{host}:{args.model_rest_port}/v1/models/{name}", "AVAILABLE")
+        ranking = (f", ranking version {pushed_versions(output_dir, RANKING_MODEL_NAME)[-1]}"
+                   if RANKING_MODEL_NAME in served else ", no ranking model pushed (retrieval order)")
+        print(f"demo: model server up, version {version}{ranking} (gRPC {host}:{args.model_port}, "
               f"REST http://{host}:{args.model_rest_port})", flush=True)
         service_url = f"http://{host}:{args.service_port}"
         children.append(spawn("service", [

@@ -27,7 +27,6 @@ from shoprec import config, features
 _log = logging.getLogger(__name__)
 
 
-
 class ModelUnavailableError(RuntimeError):
     """No model version is available (the server is down or has not loaded one yet)."""
 
@@ -57,7 +56,53 @@ def _text(values: np.ndarray) -> list[str]:
     return [value.decode() if isinstance(value, bytes) else str(value) for value in values]
 
 
-class ModelGateway:
+class _PolledGateway:
+    """A gateway whose model version follows the server: ``refresh()`` now and then every
+    ``interval_seconds`` in a daemon thread, until ``close()``.
+
+    Subclasses define ``refresh()`` (raising :class:`ModelServerError` when the server cannot be
+    asked), ``_client``, and may override ``_refresh_failed`` and ``_poller_name``.
+    """
+
+    _poller_name = "model-poll"
+    _client: ModelClient
+
+    def __init__(self) -> None:
+        self._stop = threading.Event()
+        self._poller: threading.Thread | None = None
+
+    def refresh(self) -> object:
+        raise NotImplementedError
+
+    def start_polling(self, interval_seconds: float) -> None:
+        """Refreshes now (failures are logged) and then every ``interval_seconds`` in a thread."""
+        self._poll_once()
+        self._poller = threading.Thread(target=self._poll, args=(interval_seconds,), name=self._poller_name,
+                                        daemon=True)
+        self._poller.start()
+
+    def _poll_once(self) -> None:
+        try:
+            self.refresh()
+        except ModelServerError as err:
+            self._refresh_failed(err)
+
+    def _refresh_failed(self, err: ModelServerError) -> None:
+        _log.warning("model server refresh failed: %s: %s", err.code.name, err.message)
+
+    def _poll(self, interval_seconds: float) -> None:
+        while not self._stop.wait(interval_seconds):
+            self._poll_once()
+
+    def close(self) -> None:
+        """Stops the poller and closes the client."""
+        self._stop.set()
+        if self._poller is not None:
+            self._poller.join(timeout=5)
+        self._client.close()
+
+
+class ModelGateway(_PolledGateway):
     """Calls the retrieval model's signatures through :class:`serving.client.ModelClient`.
 
     Args:
@@ -71,14 +116,13 @@ class ModelGateway:
 
     def __init__(self, client: ModelClient, catalogue_item_ids: np.ndarray,
                  history_length: int = config.SplitConfig.history_length, embedding_batch_size: int = 100) -> None:
+        super().__init__()
         self._client = client
         self._history_length = history_length
         self._item_ids = [str(item_id) for item_id in catalogue_item_ids]
         self._batch_size = embedding_batch_size
         self._served: ServedModel | None = None
         self._refresh_lock = threading.Lock()
-        self._stop = threading.Event()
-        self._poller: threading.Thread | None = None
 
     @property
     def served(self) -> ServedModel | None:
@@ -219,42 +263,21 @@ class ModelGateway:
         return (_text(outputs[features.OUTPUT_ITEM_IDS][0]),
                 np.asarray(outputs[features.OUTPUT_SCORES][0], np.float64), version)
 
-    def start_polling(self, interval_seconds: float) -> None:
-        """Refreshes now (failures are logged) and then every ``interval_seconds`` in a thread."""
-        self._poll_once()
-        self._poller = threading.Thread(target=self._poll, args=(interval_seconds,), name="model-poll", daemon=True)
-        self._poller.start()
-
-    def _poll_once(self) -> None:
-        try:
-            self.refresh()
-        except ModelServerError as err:
-            _log.warning("model server refresh failed: %s: %s", err.code.name, err.message)
-
-    def _poll(self, interval_seconds: float) -> None:
-        while not self._stop.wait(interval_seconds):
-            self._poll_once()
-
-    def close(self) -> None:
-        """Stops the poller and closes the client."""
-        self._stop.set()
-        if self._poller is not None:
-            self._poller.join(timeout=5)
-        self._client.close()
 
 
-class RankingGateway:
+class RankingGateway(_PolledGateway):
     """Calls the ranking model's ``serving_default`` signature through a :class:`ModelClient`.
 
     Args:
       client: a client of the ranking model (its own model name on the same server).
     """
 
+    _poller_name = "ranking-model-poll"
+
     def __init__(self, client: ModelClient) -> None:
+        super().__init__()
         self._client = client
         self._version: int | None = None
-        self._stop = threading.Event()
-        self._poller: threading.Thread | None = None
 
     @property
     def version(self) -> int | None:
@@ -321,27 +344,6 @@ class RankingGateway:
             raise ModelUnavailableError("the model server has no AVAILABLE ranking model version")
         return version
 
-    def start_polling(self, interval_seconds: float) -> None:
-        """Refreshes now (failures are logged) and then every ``interval_seconds`` in a thread."""
-        self._poll_once()
-        self._poller = threading.Thread(target=self._poll, args=(interval_seconds,), name="ranking-model-poll",
-                                        daemon=True)
-        self._poller.start()
-
-    def _poll_once(self) -> None:
-        try:
-            self.refresh()
-        except ModelServerError as err:
-            self._version = None  # gone from the server (or the server is down): degrade, do not call it
-            _log.warning("ranking model refresh failed: %s: %s", err.code.name, err.message)
-
-    def _poll(self, interval_seconds: float) -> None:
-        while not self._stop.wait(interval_seconds):
-            self._poll_once()
-
-    def close(self) -> None:
-        """Stops the poller and closes the client."""
-        self._stop.set()
-        if self._poller is not None:
-            self._poller.join(timeout=5)
-        self._client.close()
+    def _refresh_failed(self, err: ModelServerError) -> None:
+        self._version = None  # gone from the server (or the server is down): degrade, do not call it
+        _log.warning("ranking model refresh failed: %s: %s", err.code.name, err.message)

@@ -28,6 +28,7 @@ import pytest
 import redis
 import requests
 
+from serving import model_config
 from shoprec import config, features
 from tests.conftest import require
 
@@ -82,12 +83,9 @@ class TrainedRun:
 
     def models_config(self, path: Path) -> Path:
         """Writes a TF Serving ``models.config`` serving both pushed models; returns ``path``."""
-        path.write_text("model_config_list {\n" + "".join(
-            f'  config {{ name: "{name}" base_path: "{base}" model_platform: "tensorflow" '
-            f"model_version_policy {{ latest {{ num_versions: 1 }} }} }}\n"
-            for name, base in ((config.MODEL_NAME, self.model_base_path),
-                               (config.RANKING_MODEL_NAME, self.ranking_model_base_path))) + "}\n")
-        return path
+        return Path(model_config.write_model_config_file(str(path), {
+            config.MODEL_NAME: str(self.model_base_path),
+            config.RANKING_MODEL_NAME: str(self.ranking_model_base_path)}))
 
 
 @dataclasses.dataclass(frozen=True)

@@ -16,7 +16,7 @@ import tensorflow as tf
 from tensorflow_serving.apis import predict_pb2
 from tensorflow_serving.config import model_server_config_pb2
 
-from serving import dtypes, grpc_api, json_codec, model_server, tensor_codec
+from serving import dtypes, grpc_api, json_codec, model_config, model_server, tensor_codec
 from serving.errors import Code, ModelServerError
 from serving.model_config import (
     BatchingParameters,
@@ -163,6 +163,14 @@ def test_model_server_config_checks() -> None:
     proto.model_config_list.config[1].name = "other"
     proto.model_config_list.config[1].model_platform = "pytorch"
     assert "model_platform 'pytorch' is not supported" in _error(lambda: configs_from_proto(proto)).message
+
+
+def test_a_written_model_config_file_reads_back(tmp_path) -> None:
+    path = model_config.write_model_config_file(str(tmp_path / "models.config"),
+                                                {"shoprec_retrieval": "/r", "shoprec_ranking": "/k"})
+    read = model_config.read_model_config_file(path)
+    assert [(c.name, c.base_path, c.version_policy) for c in read] == [
+        ("shoprec_retrieval", "/r", VersionPolicy()), ("shoprec_ranking", "/k", VersionPolicy())]
 
 
 def test_batching_parameters_parse_and_refuse_unknown_fields() -> None:

@@ -56,6 +56,13 @@ def test_demo_starts_the_stack_and_ctrl_c_stops_every_process(trained_run: Train
         assert requests.get(url + "/_stcore/health", timeout=5).text == "ok"
         health = requests.get(f"http://127.0.0.1:{ports['service_port']}/healthz", timeout=5).json()
         assert health["status"] == "ok" and health["feature_store"] == "memory"
+        # Both pushed models are served, and the service ranks with the ranking model.
+        for name in (config.MODEL_NAME, config.RANKING_MODEL_NAME):
+            status = requests.get(f"http://127.0.0.1:{ports['model_rest_port']}/v1/models/{name}", timeout=5).json()
+            assert status["model_version_status"][0]["state"] == "AVAILABLE", (name, status)
+        listed = requests.post(f"http://127.0.0.1:{ports['service_port']}/recommend", timeout=30,
+                               json={"user_id": "u1", "scene": "home", "k": 5}).json()
+        assert listed["ranking_model_version"] is not None, listed["warnings"]
         started = psutil.Process(process.pid).children(recursive=True)
         names = " ".join(" ".join(child.cmdline()) for child in started)
         for module in ("serving.model_server", "service.app", "streamlit"):
