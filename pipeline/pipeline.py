@@ -45,12 +45,12 @@ RANKING_EXAMPLE_GEN = "RankingExampleGen"
 RANKING_TRANSFORM = "RankingTransform"
 RANKING_TRAINER = "RankingTrainer"
 RANKING_RESOLVER = "ranking_model_resolver"
-# Both Pushers: TFX's, except that a model identical to the serving version is not copied again
-# (the standard Evaluator re-blesses a cached model whose baseline is itself).
-IDEMPOTENT_PUSH = executor_spec.ExecutorClassSpec(IdempotentPusherExecutor)
 RANKING_EVALUATOR = "RankingEvaluator"
 RANKING_PUSHER = "RankingPusher"
 RANKING_SLICES = (features.SCENE, features.CATEGORY, features.USER_SEGMENT)
+# Both Pushers: TFX's, except that a model identical to the serving version is not copied again
+# (the standard Evaluator re-blesses a cached model whose baseline is itself).
+IDEMPOTENT_PUSH = executor_spec.ExecutorClassSpec(IdempotentPusherExecutor)
 
 
 def ranking_eval_config(ranking: RankingConfig) -> tfma.EvalConfig:

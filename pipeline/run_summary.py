@@ -96,13 +96,17 @@ def collect(metadata_path: str, pipeline_name: str, since: float) -> dict[str, A
             elif type_name == "ModelBlessing":
                 summary["blessed"] = bool(_custom(artifact, "blessed"))
             elif type_name == "PushedModel":
-                summary["pushed"] = bool(_custom(artifact, "pushed"))
-                summary["pushed_model"] = _custom(artifact, "pushed_destination")
-                summary["pushed_version"] = _custom(artifact, "pushed_version")
-                summary["identical_to_version"] = _custom(artifact, IDENTICAL_TO_VERSION)
+                summary.update(_pushed_fields(artifact))
     if any(node.startswith(_RANKING_NODE_PREFIX) for node in components):
         summary["ranking"] = ranking
     return summary
+
+
+def _pushed_fields(artifact: metadata_store_pb2.Artifact) -> dict[str, Any]:
+    """What a Pusher's PushedModel artifact says: pushed, where, which version, or identical to which."""
+    return {"pushed": bool(_custom(artifact, "pushed")), "pushed_model": _custom(artifact, "pushed_destination"),
+            "pushed_version": _custom(artifact, "pushed_version"),
+            "identical_to_version": _custom(artifact, IDENTICAL_TO_VERSION)}
 
 
 def _collect_ranking(ranking: dict[str, Any], type_name: str, artifact: metadata_store_pb2.Artifact) -> None:
@@ -112,10 +116,7 @@ def _collect_ranking(ranking: dict[str, Any], type_name: str, artifact: metadata
     elif type_name == "ModelBlessing":
         ranking["blessed"] = bool(_custom(artifact, "blessed"))
     elif type_name == "PushedModel":
-        ranking["pushed"] = bool(_custom(artifact, "pushed"))
-        ranking["pushed_model"] = _custom(artifact, "pushed_destination")
-        ranking["pushed_version"] = _custom(artifact, "pushed_version")
-        ranking["identical_to_version"] = _custom(artifact, IDENTICAL_TO_VERSION)
+        ranking.update(_pushed_fields(artifact))
     elif type_name == "ModelRun":
         path = os.path.join(artifact.uri, RANKING_TRAINING_REPORT)
         if tf.io.gfile.exists(path):

@@ -17,9 +17,9 @@ The table is data (JSON), so a shop can add scenes or re-weight routes without c
     }
 
 A scene may also name its ranking ``"objective"``: ``"click"`` (the default: order by predicted
-click probability) or ``"revenue"`` (click probability times price), and ``"session_slots"``: the
-top slots of a model-ranked list kept for the live session's candidates (default 0; home has 2;
-see ``service.strategy.ranking``).
+click probability) or ``"revenue"`` (click probability times price), and ``"session_slots"``: how many
+of the live session's best-ranked candidates move to the top of a model-ranked pool, ahead of
+the diversity stage (default 0; home has 2; see ``service.strategy.ranking``).
 
 ``fusion_k`` is the constant of reciprocal-rank fusion (smaller: the top of each route counts
 more); ``pool_size`` is how many candidates each route may contribute, and the size the fallback
