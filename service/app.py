@@ -58,7 +58,7 @@ def create_app(components: Components) -> fastapi.FastAPI:
     from fastapi.responses import JSONResponse
     from starlette.exceptions import HTTPException as StarletteHTTPException
 
-    from service.components import replay_recent_events
+    from service.components import replay_recent_events, retrieval_gateway
     from service.errors import (
         ApiError,
         BodyLimitAndMetrics,
@@ -69,22 +69,32 @@ def create_app(components: Components) -> fastapi.FastAPI:
     from service.experiments import build_live_experiments
     from service.routes import build_router
     from service.strategy.routing import UnknownSceneError
+    from shoprec import features
 
     settings = components.settings
     metrics = components.metrics
+    experiments = build_live_experiments(
+        settings.experiments, components.service,
+        new_gateway=lambda name: retrieval_gateway(settings, components.service.catalogue, name))
+    gateways = [components.gateway, *([components.ranking_gateway] if components.ranking_gateway else []),
+                *(experiments.gateways if experiments is not None else ())]
 
     @contextlib.asynccontextmanager
     async def lifespan(app: fastapi.FastAPI) -> AsyncIterator[None]:
         if components.feature_store.kind == "memory":
             replayed = replay_recent_events(components.event_log, components.feature_store, time.time())
             _log.info("replayed %d recent events from the event log into the in-process feature store", replayed)
-        components.gateway.start_polling(settings.model_poll_seconds)
-        if components.ranking_gateway is not None:
-            components.ranking_gateway.start_polling(settings.model_poll_seconds)
+        if experiments is not None and experiments.allocations():
+            rebuilt = experiments.replay(components.event_log.exposures(),
+                                         ((event.request_id, event.event_type) for event in
+                                          components.event_log.events(event_type=features.CLICK)))
+            _log.info("bandits rebuilt from the event log: %d trials, %d rewarded, %d exposures of arms or scenes "
+                      "no longer in the experiment skipped", rebuilt.trials, rebuilt.rewards, rebuilt.skipped)
+        for gateway in gateways:
+            gateway.start_polling(settings.model_poll_seconds)
         yield
-        components.gateway.close()
-        if components.ranking_gateway is not None:
-            components.ranking_gateway.close()
+        for gateway in gateways:
+            gateway.close()
         components.feature_store.close()
         components.event_log.close()
 
@@ -122,7 +132,7 @@ def create_app(components: Components) -> fastapi.FastAPI:
             message = f"{request.method} {request.url.path}: {error.detail}"
         return error_response(error.status_code, message, headers=error.headers)
 
-    app.include_router(build_router(components, build_live_experiments(settings.experiments, components.service)))
+    app.include_router(build_router(components, experiments))
     app.add_middleware(BodyLimitAndMetrics, max_body_bytes=settings.max_body_bytes, metrics=metrics)
     return app
 

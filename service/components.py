@@ -41,6 +41,12 @@ class Components:
     ranking_gateway: RankingGateway | None = None  # None: no ranking model (retrieval order)
 
 
+def retrieval_gateway(settings: ServiceSettings, catalogue: Catalogue, model_name: str) -> ModelGateway:
+    """A gateway to the retrieval model ``model_name`` on the settings' model server (not yet polled)."""
+    return ModelGateway(ModelClient(settings.model_url, model_name, settings.model_timeout_seconds),
+                        catalogue.item_ids, settings.history_length)
+
+
 def build_components(settings: ServiceSettings) -> Components:
     """Loads the shop's files and connects the model server, the feature store and the event log.
 
@@ -59,8 +65,7 @@ def build_components(settings: ServiceSettings) -> Components:
     interactions = build_interactions(read_events(settings.data_dir), catalogue, settings.history_length)
     interactions = with_purchases(interactions, catalogue, (
         (event.user_id, event.item_id) for event in event_log.events(event_type=features.PURCHASE)))
-    gateway = ModelGateway(ModelClient(settings.model_url, settings.model_name, settings.model_timeout_seconds),
-                           catalogue.item_ids, settings.history_length)
+    gateway = retrieval_gateway(settings, catalogue, settings.model_name)
     routes = retrievers.default_routes(catalogue, interactions, gateway)
     if settings.routing_file:
         routing = RoutingTable.load(settings.routing_file, routes)

@@ -14,10 +14,12 @@ most one experiment, so every request has at most one arm.
 * **Arms**: ``kind: strategy`` with ``value`` ``personalized`` (the service's own routing table:
   the model-based two-tower, session, similar and complementary routes) or ``popularity`` (every
   scene served by the popularity route alone, in popularity order); ``kind: routing_table`` with
-  ``value`` a routing table JSON file (:mod:`service.strategy.routing`). Every arm shares the
-  catalogue, the model, the feature store, the filters and (but for popularity) the ranking
-  stage; only the routing differs.
-  ``kind: model`` (another served model) is refused at start: the service talks to one model.
+  ``value`` a routing table JSON file (:mod:`service.strategy.routing`); ``kind: model`` with
+  ``value`` another retrieval model's name on the same model server (a second entry of its
+  ``models.config``): the service's routing, with the model routes (``two_tower``, ``similar``)
+  and the ranking stage's retrieval score asking that model through a gateway of its own. Every
+  arm shares the catalogue, the feature store, the filters and (but for popularity) the ranking
+  model; a strategy or routing-table arm also shares the retrieval model.
 * **Exposure**: after the arm's slate is built, one :class:`experiments.exposure.Exposure`
   (request id, user, experiment, arm, scene, time, propensity) is committed to the event log
   with the events' guarantee (durable before the answer) and the response carries
@@ -28,17 +30,19 @@ most one experiment, so every request has at most one arm.
 from __future__ import annotations
 
 import collections
-import copy
 import dataclasses
 import glob
 import os
+import re
 import threading
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 
 from experiments.assignment import Assigner
 from experiments.bandits import StrategyBandit
 from experiments.config import ExperimentConfig, ExperimentConfigError, load_experiment
+from experiments.exposure import Exposure
 from service.strategy import retrievers
+from service.strategy.model_gateway import ModelGateway
 from service.strategy.ranking import RetrievalScoreRanker
 from service.strategy.routing import RouteSpec, RoutingError, RoutingTable
 from service.strategy.service import RecommendationService
@@ -49,6 +53,7 @@ PERSONALIZED = "personalized"  # the service's own (model-based) routing table
 POPULARITY = "popularity"  # every scene served by the popularity route alone
 SERVICE_STRATEGIES: tuple[str, ...] = (PERSONALIZED, POPULARITY)
 BANDIT_FLOOR = 0.02  # least share of each arm's traffic under a bandit (analysis and OPE need it)
+MODEL_NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")  # a model arm's served model
 _PENDING_CAPACITY = 200_000  # bandit requests remembered until their click (a few hundred bytes each)
 
 
@@ -96,10 +101,10 @@ def load_experiment_configs(path: str | None) -> list[ExperimentConfig]:
                 raise ExperimentConfigError(
                     f"{config.source}: arms[{index}].value: the service has no strategy {arm.value!r}; "
                     f"strategies: {', '.join(SERVICE_STRATEGIES)} (or kind: routing_table with a routing file)")
-            if arm.kind == "model":
+            if arm.kind == "model" and not MODEL_NAME_PATTERN.fullmatch(arm.value):
                 raise ExperimentConfigError(
-                    f"{config.source}: arms[{index}].kind: model arms ({arm.value!r}) are not served: the "
-                    f"service talks to one model; use kind: strategy or routing_table")
+                    f"{config.source}: arms[{index}].value: {arm.value!r} is not a model name (letters, digits, "
+                    f"'.', '_' and '-', as in the model server's models.config)")
     return configs
 
 
@@ -127,16 +132,8 @@ def popularity_table(base: RoutingTable) -> RoutingTable:
     return RoutingTable(scenes, base.fusion_k, base.pool_size)
 
 
-def _with_routing(base: RecommendationService, routing: RoutingTable,
-                  keep_retrieval_order: bool = False) -> RecommendationService:
-    """A service that shares every part of ``base`` (catalogue, model, feature store, filters,
-    ranking, attribution) and routes by ``routing``; with ``keep_retrieval_order`` its ranking
-    stage keeps the retrieval scores (the popularity strategy stays popularity-ordered)."""
-    arm_service = copy.copy(base)
-    arm_service.routing = routing
-    if keep_retrieval_order:
-        arm_service._ranker = RetrievalScoreRanker()  # noqa: SLF001 - the one part a popularity arm replaces
-    return arm_service
+ModelGateways = Callable[[str], ModelGateway]
+"""A retrieval model's gateway by its served name (one per name; the service polls and closes it)."""
 
 
 class LiveExperiment:
@@ -146,13 +143,15 @@ class LiveExperiment:
       config: the validated experiment.
       base: the service's own recommendation service.
       seed: the bandit's random seed (None: fresh entropy).
+      model_gateways: the gateway of a model arm's model, by name (needed only for model arms).
 
     Raises:
-      ExperimentConfigError: an arm's routing table is unreadable or invalid, or a scene of the
-        experiment is not in the routing table.
+      ExperimentConfigError: an arm's routing table is unreadable or invalid, a scene of the
+        experiment is not in the routing table, or a model arm has no ``model_gateways``.
     """
 
-    def __init__(self, config: ExperimentConfig, base: RecommendationService, seed: int | None = None) -> None:
+    def __init__(self, config: ExperimentConfig, base: RecommendationService, seed: int | None = None,
+                 model_gateways: ModelGateways | None = None) -> None:
         self.config = config
         known_scenes = set(base.routing.scenes)
         unknown = sorted(set(config.scenes) - known_scenes)
@@ -163,9 +162,14 @@ class LiveExperiment:
         self.services: dict[str, RecommendationService] = {}
         for index, arm in enumerate(config.arms):
             if arm.kind == "routing_table":
-                self.services[arm.name] = _with_routing(base, self._routing_file(arm.value, index, base))
-            elif arm.value == POPULARITY:
-                self.services[arm.name] = _with_routing(base, popularity_table(base.routing), keep_retrieval_order=True)
+                self.services[arm.name] = base.with_routing(self._routing_file(arm.value, index, base))
+            elif arm.kind == "model":
+                if model_gateways is None:
+                    raise ExperimentConfigError(f"{config.source}: arms[{index}]: model arm {arm.value!r} needs a "
+                                                f"model server (the service was built without one)")
+                self.services[arm.name] = base.with_model(model_gateways(arm.value))
+            elif arm.value == POPULARITY:  # popularity-ordered: the ranking stage keeps the retrieval scores
+                self.services[arm.name] = base.with_routing(popularity_table(base.routing), RetrievalScoreRanker())
             else:
                 self.services[arm.name] = base
         self.assigner = Assigner.from_config(config) if config.allocation == "fixed" else None
@@ -199,15 +203,32 @@ class LiveExperiment:
         return Decision(self.config.name, arm, float(propensity), self.services[arm])
 
 
+@dataclasses.dataclass(frozen=True)
+class BanditReplay:
+    """What :meth:`LiveExperiments.replay` rebuilt.
+
+    Attributes:
+      trials: exposures counted as bandit trials.
+      rewards: trials rewarded by a logged click.
+      skipped: exposures of an arm or scene the experiment no longer has.
+    """
+
+    trials: int
+    rewards: int
+    skipped: int
+
+
 class LiveExperiments:
     """The service's experiments by scene, and the bandits' feedback loop.
 
     Args:
       experiments: the live experiments; two may not share a scene.
+      gateways: the model arms' gateways, which the service polls and closes with its own.
     """
 
-    def __init__(self, experiments: Sequence[LiveExperiment]) -> None:
+    def __init__(self, experiments: Sequence[LiveExperiment], gateways: Sequence[ModelGateway] = ()) -> None:
         self.experiments = tuple(experiments)
+        self.gateways = tuple(gateways)
         self._by_scene: dict[str, LiveExperiment] = {}
         for experiment in self.experiments:
             for scene in experiment.scenes:
@@ -248,16 +269,64 @@ class LiveExperiments:
             assert experiment.bandit is not None
             experiment.bandit.record_reward(scene, arm)
 
+    def replay(self, exposures: Iterable[Exposure], events: Iterable[tuple[str | None, str]]) -> BanditReplay:
+        """Rebuilds the bandits' state from the event log, as after a restart: every logged
+        exposure of a bandit experiment counts as a trial of its arm, and the first click with its
+        request id as the reward. Unclicked requests wait for their click again.
+
+        Args:
+          exposures: the logged exposures, in the order they were accepted.
+          events: ``(request_id, event_type)`` of the logged events, in order.
+
+        Returns:
+          What was replayed; exposures of an arm or scene the experiment no longer has are skipped
+          and counted.
+        """
+        trials = skipped = rewards = 0
+        pending: dict[str, tuple[LiveExperiment, str, str]] = {}
+        by_name = {experiment.config.name: experiment for experiment in self.experiments
+                   if experiment.bandit is not None}
+        for exposure in exposures:
+            experiment = by_name.get(exposure.experiment)
+            if experiment is None:
+                continue
+            if exposure.arm not in experiment.config.arm_names or exposure.scene not in experiment.scenes:
+                skipped += 1
+                continue
+            assert experiment.bandit is not None
+            experiment.bandit.record_trial(exposure.scene, exposure.arm)
+            pending[exposure.request_id] = (experiment, exposure.scene, exposure.arm)
+            trials += 1
+        for request_id, event_type in events:
+            if request_id is None or event_type != features.CLICK:
+                continue
+            entry = pending.pop(request_id, None)
+            if entry is not None:
+                experiment, scene, arm = entry
+                assert experiment.bandit is not None
+                experiment.bandit.record_reward(scene, arm)
+                rewards += 1
+        with self._lock:
+            for request_id, entry in list(pending.items())[-_PENDING_CAPACITY:]:
+                self._pending[request_id] = entry
+            while len(self._pending) > _PENDING_CAPACITY:
+                self._pending.popitem(last=False)
+        return BanditReplay(trials, rewards, skipped)
+
     def allocations(self) -> Mapping[str, Mapping[str, Mapping[str, float]]]:
         """Each bandit's current allocation: experiment -> scene -> arm -> probability."""
         return {experiment.config.name: {scene: experiment.bandit.allocation(scene) for scene in experiment.scenes}
                 for experiment in self.experiments if experiment.bandit is not None}
 
 
-def build_live_experiments(path: str | None, base: RecommendationService,
-                           seed: int | None = None) -> LiveExperiments | None:
+def build_live_experiments(path: str | None, base: RecommendationService, seed: int | None = None,
+                           new_gateway: ModelGateways | None = None) -> LiveExperiments | None:
     """The experiments at ``path`` over the service's ``base`` recommendation service (None
     when no path is configured).
+
+    Args:
+      new_gateway: makes the gateway of a model arm's model by its served name; called once per
+        name (None: model arms are refused).
 
     Raises:
       ExperimentConfigError: see :func:`load_experiment_configs` and :class:`LiveExperiment`.
@@ -265,4 +334,14 @@ def build_live_experiments(path: str | None, base: RecommendationService,
     configs = load_experiment_configs(path)
     if not configs:
         return None
-    return LiveExperiments([LiveExperiment(config, base, seed) for config in configs])
+    gateways: dict[str, ModelGateway] = {}
+
+    def gateway(name: str) -> ModelGateway:
+        assert new_gateway is not None
+        if name not in gateways:
+            gateways[name] = new_gateway(name)
+        return gateways[name]
+
+    model_gateways = gateway if new_gateway is not None else None
+    live = [LiveExperiment(config, base, seed, model_gateways) for config in configs]
+    return LiveExperiments(live, tuple(gateways.values()))

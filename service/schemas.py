@@ -125,6 +125,8 @@ class RecommendResponse(BaseModel):
     warnings: list[str] = Field(description="Degradations: skipped routes, fallbacks, unavailable backends.")
     ranking_model_version: int | None = Field(None, description="The ranking model version that ordered the "
                                                                 "candidates (null: retrieval order kept, see warnings).")
+    model_name: str | None = Field(None, description="The retrieval model asked, by its name on the model server "
+                                                     "(an experiment's model arm asks its own).")
     experiment: str | None = Field(None, description="The experiment that decided this answer (null: none).")
     arm: str | None = Field(None, description="The experiment's arm that answered (null: no experiment).")
     propensity: float | None = Field(None, description="The probability the arm had for this request "

@@ -71,6 +71,11 @@ class _PolledGateway:
         self._stop = threading.Event()
         self._poller: threading.Thread | None = None
 
+    @property
+    def model_name(self) -> str:
+        """The model's name on the server."""
+        return self._client.model_name
+
     def refresh(self) -> object:
         raise NotImplementedError
 

@@ -165,6 +165,11 @@ class Ranker(Protocol):
         """Scores ``pool`` for a request of ``scene``; never raises for a model failure."""
         ...
 
+    def with_retrieval(self, retrieval: ModelGateway) -> Ranker:
+        """This ranker reading its retrieval scores from another retrieval model (an
+        experiment's model arm); itself when it reads none."""
+        ...
+
 
 class RetrievalScoreRanker:
     """Keeps the fused retrieval score (no ranking model)."""
@@ -177,6 +182,9 @@ class RetrievalScoreRanker:
 
     def rank(self, query: RetrievalQuery, pool: CandidatePool, scene: str, objective: Objective) -> RankingResult:
         return RankingResult(pool.scores)
+
+    def with_retrieval(self, retrieval: ModelGateway) -> RetrievalScoreRanker:
+        return self
 
 
 class ModelRanker:
@@ -202,6 +210,10 @@ class ModelRanker:
         self._catalogue = catalogue
         self._candidates = candidates
         self._metrics = metrics
+
+    def with_retrieval(self, retrieval: ModelGateway) -> ModelRanker:
+        """The same ranking model, with each candidate's retrieval score from ``retrieval``."""
+        return ModelRanker(self._gateway, retrieval, self._catalogue, self._candidates, self._metrics)
 
     def rank(self, query: RetrievalQuery, pool: CandidatePool, scene: str, objective: Objective) -> RankingResult:
         if not len(pool):

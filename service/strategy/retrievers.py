@@ -208,12 +208,16 @@ class SimilarItemsRetriever:
                           anchors[per_anchor[:, rows].argmax(axis=0)], model_version=served.version)
 
 
+def model_routes(catalogue: Catalogue, gateway: ModelGateway) -> dict[str, Retriever]:
+    """The built-in routes that ask the retrieval model (``two_tower``, ``similar``) by name."""
+    return {TWO_TOWER: TwoTowerRetriever(gateway, catalogue), SIMILAR: SimilarItemsRetriever(gateway)}
+
+
 def default_routes(catalogue: Catalogue, interactions: Interactions, gateway: ModelGateway) -> dict[str, Retriever]:
     """Every built-in route by name, as the routing table refers to them."""
     return {
-        TWO_TOWER: TwoTowerRetriever(gateway, catalogue),
+        **model_routes(catalogue, gateway),
         SESSION: SessionInterestRetriever(catalogue, interactions),
         COMPLEMENTARY: ComplementaryRetriever(interactions),
-        SIMILAR: SimilarItemsRetriever(gateway),
         POPULARITY: PopularityRetriever(interactions),
     }

@@ -17,6 +17,7 @@ failing or missing ranking model keeps the retrieval order, with a warning.
 from __future__ import annotations
 
 import asyncio
+import copy
 import dataclasses
 import uuid
 from collections.abc import Mapping
@@ -103,6 +104,8 @@ class Recommendation:
       diversity: the lambda applied.
       ranking_model_version: the ranking model version that ordered the candidates; None when
         the retrieval order was kept.
+      model_name: the retrieval model the service asks (its name on the model server; an
+        experiment's model arm asks its own); None without one.
       items: the list, best first.
       ignored_context_items: context item ids not in the catalogue.
       warnings: what was degraded (a route skipped, a backend down, a fallback used ...).
@@ -118,6 +121,7 @@ class Recommendation:
     ignored_context_items: tuple[str, ...]
     warnings: tuple[str, ...]
     ranking_model_version: int | None = None
+    model_name: str | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -180,6 +184,28 @@ class RecommendationService:
         self._history_length = history_length
         self._metrics = metrics
         self.responses = responses
+
+    def with_routing(self, routing: RoutingTable, ranker: Ranker | None = None) -> RecommendationService:
+        """This service routed by ``routing`` (and ranked by ``ranker``, when given); every other
+        part (catalogue, model, feature store, filters, attribution) is shared."""
+        missing = routing.route_names - set(self._routes)
+        if missing:
+            raise ValueError(f"no retriever for route(s) {', '.join(sorted(missing))}")
+        other = copy.copy(self)
+        other.routing = routing
+        if ranker is not None:
+            other._ranker = ranker
+        return other
+
+    def with_model(self, gateway: ModelGateway) -> RecommendationService:
+        """This service asking another retrieval model: its model routes (``two_tower``,
+        ``similar``) and the ranking stage's retrieval score use ``gateway``; every other part is
+        shared."""
+        other = copy.copy(self)
+        other._routes = {**self._routes, **retrievers.model_routes(self.catalogue, gateway)}
+        other._gateway = gateway
+        other._ranker = self._ranker.with_retrieval(gateway)
+        return other
 
     def recommend(self, request: RecommendRequest) -> Recommendation:
         """Answers a request.
@@ -370,6 +396,7 @@ class RecommendationService:
             ignored_context_items=retrieval.ignored_context_items,
             warnings=warnings,
             ranking_model_version=retrieval.ranking_model_version,
+            model_name=self._gateway.model_name if self._gateway is not None else None,
         )
         if self.responses is not None:
             self.responses.remember(recommendation.request_id, recommendation.scene,

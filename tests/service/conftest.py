@@ -63,6 +63,9 @@ class Process:
                 self.process.wait()
 
 
+CANDIDATE_MODEL_NAME = "shoprec_retrieval_candidate"  # a second retrieval model on the server, for model arms
+
+
 @dataclasses.dataclass(frozen=True)
 class TrainedRun:
     """A pipeline output folder: the shop's files and the pushed model."""
@@ -82,10 +85,12 @@ class TrainedRun:
         return self.root / "serving" / config.RANKING_MODEL_NAME
 
     def models_config(self, path: Path) -> Path:
-        """Writes a TF Serving ``models.config`` serving both pushed models; returns ``path``."""
+        """Writes a TF Serving ``models.config`` serving both pushed models, and the retrieval
+        model a second time as ``CANDIDATE_MODEL_NAME`` (an experiment's model arm); returns ``path``."""
         return Path(model_config.write_model_config_file(str(path), {
             config.MODEL_NAME: str(self.model_base_path),
-            config.RANKING_MODEL_NAME: str(self.ranking_model_base_path)}))
+            config.RANKING_MODEL_NAME: str(self.ranking_model_base_path),
+            CANDIDATE_MODEL_NAME: str(self.model_base_path)}))
 
 
 @dataclasses.dataclass(frozen=True)

@@ -22,7 +22,9 @@ from experiments.assignment import Assigner
 from experiments.config import load_experiment
 from service import event_log
 from shoprec import features
+from shoprec.config import MODEL_NAME
 from tests.service.conftest import (
+    CANDIDATE_MODEL_NAME,
     REPO_ROOT,
     ModelServer,
     TrainedRun,
@@ -163,6 +165,72 @@ def test_clicks_posted_with_the_request_id_are_attributed_to_arms(
     assert clicks == {arm: float(count) for arm, count in posted.items()}
     impressions = requests_frame.groupby("arm")["impressions"].sum().to_dict()
     assert impressions == {arm: float(count) for arm, count in shown_per_arm.items()}
+
+
+def served_requests(rest_url: str, model_name: str, signature: str) -> float:
+    """The model server's count of OK requests of ``model_name``'s ``signature`` (its Prometheus metric)."""
+    text = requests.get(rest_url + "/monitoring/prometheus/metrics", timeout=10).text
+    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+               if line.startswith("model_server_requests_total{") and f'model_name="{model_name}"' in line
+               and f'signature_name="{signature}"' in line and 'status="OK"' in line)
+
+
+def test_a_model_arm_is_answered_by_its_own_served_model(trained_run: TrainedRun, model_server: ModelServer,
+                                                         tmp_path: Path) -> None:
+    experiment = tmp_path / "model_arm.json"
+    experiment.write_text(json.dumps({
+        "name": "candidate_model", "salt": "candidate-model", "scenes": ["home"], "primary_metric": "ctr",
+        "sample_size_per_arm": 100,
+        "arms": [{"name": "control", "weight": 0.5, "kind": "strategy", "value": "personalized"},
+                 {"name": "candidate", "weight": 0.5, "kind": "model", "value": CANDIDATE_MODEL_NAME}]}))
+    process = start_service(trained_run, model_server.grpc_url, tmp_path, "--event_log",
+                            str(tmp_path / "events.sqlite"), "--experiments", str(experiment))
+    signature = features.SIGNATURE_TOP_K_WITH_HISTORY
+    try:
+        wait_healthy(process)
+        before = served_requests(model_server.rest_url, CANDIDATE_MODEL_NAME, signature)
+        answers = [recommend(process.url, user) for user in known_users(trained_run, 30)]
+        after = served_requests(model_server.rest_url, CANDIDATE_MODEL_NAME, signature)
+    finally:
+        process.stop()
+    by_arm = {arm: [answer for answer in answers if answer["arm"] == arm] for arm in ("control", "candidate")}
+    assert by_arm["control"] and by_arm["candidate"], [answer["arm"] for answer in answers]
+    assert {answer["model_name"] for answer in by_arm["control"]} == {MODEL_NAME}
+    assert {answer["model_name"] for answer in by_arm["candidate"]} == {CANDIDATE_MODEL_NAME}
+    # The candidate's two-tower lists came from its own model on the server: one call per answer.
+    assert after - before == len(by_arm["candidate"]), (before, after)
+    assert all("two_tower" in {item["route"] for item in answer["items"]} for answer in by_arm["candidate"])
+
+
+def test_a_restarted_service_resumes_its_bandit_from_the_event_log(trained_run: TrainedRun,
+                                                                   model_server: ModelServer, tmp_path: Path) -> None:
+    bandit = REPO_ROOT / "experiments" / "examples" / "service_strategy_bandit.yaml"
+    log_path = tmp_path / "events.sqlite"
+    args = ("--event_log", str(log_path), "--experiments", str(bandit))
+    process = start_service(trained_run, model_server.grpc_url, tmp_path, *args)
+    arms: dict[str, int] = {}
+    try:
+        wait_healthy(process)
+        for n in range(120):  # one arm's slates always get a click: the bandit moves its traffic there
+            answer = recommend(process.url, f"bandit-{n}")
+            arms[answer["arm"]] = arms.get(answer["arm"], 0) + 1
+            if answer["arm"] == "personalized":
+                reply = requests.post(process.url + "/events", json={
+                    "user_id": f"bandit-{n}", "item_id": answer["items"][0]["item_id"],
+                    "event_type": features.CLICK, "request_id": answer["request_id"]}, timeout=30)
+                assert reply.status_code == 200, reply.text
+        learned = [recommend(process.url, f"late-{n}")["propensity"] for n in range(20)]
+    finally:
+        process.stop()
+    process = start_service(trained_run, model_server.grpc_url, tmp_path, *args)
+    try:
+        wait_healthy(process)
+        resumed = [recommend(process.url, f"after-{n}") for n in range(20)]
+    finally:
+        process.stop()
+    assert "bandits rebuilt from the event log: 140 trials" in process.log(), process.log()[-3000:]
+    assert sum(answer["arm"] == "personalized" for answer in resumed) >= 16, [a["arm"] for a in resumed]
+    assert max(answer["propensity"] for answer in resumed if answer["arm"] == "personalized") > 0.9, learned
 
 
 @pytest.mark.parametrize(("write", "fragments"), [

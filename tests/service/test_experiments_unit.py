@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import sqlite3
-import types
 from pathlib import Path
 
 import numpy as np
@@ -26,21 +25,28 @@ from service.experiments import (
     load_experiment_configs,
 )
 from service.strategy import retrievers
+from service.strategy.catalogue import Catalogue
 from service.strategy.ranking import RetrievalScoreRanker
-from service.strategy.routing import DEFAULT_ROUTING, RoutingTable
+from service.strategy.service import RecommendationService, RecommendRequest
 from shoprec import features
 from tests.service.redis_server import DURABLE, RedisServer
+from tests.service.test_strategy import ITEMS, FakeGateway, fake_service
 
 REPO = Path(__file__).resolve().parents[2]
 EXAMPLES = REPO / "experiments" / "examples"
 AB = EXAMPLES / "home_model_vs_popularity.yaml"
-ROUTES = {retrievers.TWO_TOWER, retrievers.SESSION, retrievers.COMPLEMENTARY, retrievers.SIMILAR,
-          retrievers.POPULARITY}
 
 
-def base_service() -> types.SimpleNamespace:
-    """What LiveExperiment reads of the service: its routing table (arms copy the rest)."""
-    return types.SimpleNamespace(routing=RoutingTable.from_dict(DEFAULT_ROUTING, ROUTES), _ranker="the model ranker")
+class SentinelRanker(RetrievalScoreRanker):
+    """The base service's ranking stage, told apart from the popularity arm's."""
+
+    name = "sentinel"
+
+
+def base_service() -> RecommendationService:
+    """The tiny shop's service (tests.service.test_strategy) on a fake model, with a ranker to tell apart."""
+    service, _ = fake_service(Catalogue.from_frame(ITEMS), FakeGateway(["i5", "i6", "i2", "i7", "i3"]))
+    return service.with_routing(service.routing, SentinelRanker())
 
 
 def experiment_file(folder: Path, name: str = "ab", **changes: object) -> Path:
@@ -90,8 +96,8 @@ def test_arms_are_routing_tables() -> None:
     assert {route.route for scene in popularity.scenes.values() for route in scene.routes} == {"popularity"}
     assert set(popularity.scenes) == set(base.routing.scenes)
     assert all(scene.fallback is None for scene in popularity.scenes.values())
-    assert isinstance(live.services["control"]._ranker, RetrievalScoreRanker)  # popularity order kept
-    assert base._ranker == "the model ranker"
+    assert type(live.services["control"]._ranker) is RetrievalScoreRanker  # popularity order kept
+    assert isinstance(base._ranker, SentinelRanker)
     assert base.routing.scenes["home"].routes[0].route == retrievers.TWO_TOWER  # the base is untouched
 
 
@@ -105,6 +111,30 @@ def test_a_routing_table_arm_reads_its_file_relative_to_the_experiment(tmp_path:
     assert live.services["similar"].routing.scenes["home"].routes[0].route == "similar"
 
 
+def test_a_model_arm_asks_its_own_model_and_says_so(tmp_path: Path) -> None:
+    path = experiment_file(tmp_path, arms=[
+        {"name": "control", "weight": 0.5, "kind": "strategy", "value": "personalized"},
+        {"name": "candidate", "weight": 0.25, "kind": "model", "value": "retrieval_v2"},
+        {"name": "again", "weight": 0.25, "kind": "model", "value": "retrieval_v2"}])
+    made: list[FakeGateway] = []
+
+    def new_gateway(name: str) -> FakeGateway:
+        made.append(FakeGateway(["i7", "i3", "i2"], model_name=name))  # another model: another ranking
+        return made[-1]
+
+    base = base_service()
+    live = build_live_experiments(str(path), base, new_gateway=new_gateway)  # type: ignore[arg-type]
+    assert live is not None and [gateway.model_name for gateway in made] == ["retrieval_v2"]  # one per name
+    assert live.gateways == tuple(made)  # the service polls and closes them
+    arm = live.experiments[0].services["candidate"]
+    request = RecommendRequest(user_id="u1", scene="home", k=2, diversity=0.0)
+    answer, own = arm.recommend(request), base.recommend(request)
+    assert [item.item_id for item in answer.items] == ["i7", "i3"] and answer.model_name == "retrieval_v2"
+    assert [item.item_id for item in own.items] == ["i5", "i6"] and own.model_name is None  # the base is untouched
+    assert made[0].histories and {item.route for item in answer.items} == {retrievers.TWO_TOWER}
+    assert isinstance(arm._ranker, SentinelRanker) and arm.routing is base.routing  # only the model differs
+
+
 @pytest.mark.parametrize(("change", "fragments"), [
     ({"arms": [{"name": "control", "weight": 0.7, "kind": "strategy", "value": "popularity"},
                {"name": "treatment", "weight": 0.7, "kind": "strategy", "value": "personalized"}]},
@@ -114,7 +144,10 @@ def test_a_routing_table_arm_reads_its_file_relative_to_the_experiment(tmp_path:
      ["ab.json", "arms[1].value", "no strategy 'ranker'", "personalized, popularity"]),
     ({"arms": [{"name": "control", "weight": 0.5, "kind": "strategy", "value": "popularity"},
                {"name": "treatment", "weight": 0.5, "kind": "model", "value": "other_model"}]},
-     ["ab.json", "arms[1].kind", "model arms"]),
+     ["ab.json", "arms[1]", "model arm 'other_model' needs a model server"]),
+    ({"arms": [{"name": "control", "weight": 0.5, "kind": "strategy", "value": "popularity"},
+               {"name": "treatment", "weight": 0.5, "kind": "model", "value": "models/../other"}]},
+     ["ab.json", "arms[1].value", "'models/../other' is not a model name"]),
     ({"arms": [{"name": "control", "weight": 0.5, "kind": "strategy", "value": "popularity"},
                {"name": "treatment", "weight": 0.5, "kind": "routing_table", "value": "missing.json"}]},
      ["ab.json", "arms[1].value", "missing.json"]),
@@ -173,6 +206,44 @@ def test_a_bandit_learns_from_clicks_attributed_by_request_id(tmp_path: Path) ->
     assert learned["cart"] == pytest.approx(start, abs=0.05)  # one bandit per scene
     live.observe("unknown-request", features.CLICK)  # ignored
     live.observe(None, features.CLICK)
+
+
+def test_a_restarted_service_rebuilds_its_bandits_from_the_event_log(tmp_path: Path) -> None:
+    path = experiment_file(tmp_path, "bandit", allocation="thompson", scenes=["home", "cart"], horizon_days=5,
+                           sample_size_per_arm=None)
+    live = build_live_experiments(str(path), base_service(), seed=3)
+    assert live is not None
+    logged: list[Exposure] = []
+    events: list[tuple[str | None, str]] = []
+    for n in range(300):
+        scene = "home" if n % 4 else "cart"
+        decision = live.decide(f"u{n}", scene)
+        assert decision is not None
+        live.exposed(decision, f"r{n}", scene)
+        logged.append(Exposure(f"r{n}", f"u{n}", "bandit", decision.arm, scene, 1_700_000_000 + n,
+                               decision.propensity))
+        if decision.arm == "treatment" and n % 3:
+            live.observe(f"r{n}", features.CLICK)
+            events += [(f"r{n}", features.IMPRESSION), (f"r{n}", features.CLICK), (f"r{n}", features.CLICK)]
+    logged.append(Exposure("r-old", "u-old", "bandit", "retired_arm", "home", 1_700_000_000, 0.5))
+    logged.append(Exposure("r-other", "u-other", "another_experiment", "control", "home", 1_700_000_000, 0.5))
+    events.append((None, features.CLICK))
+
+    restarted = build_live_experiments(str(path), base_service(), seed=4)
+    assert restarted is not None
+    fresh = restarted.allocations()["bandit"]["home"]
+    replayed = restarted.replay(logged, events)
+    assert replayed.trials == 300 and replayed.skipped == 1
+    assert replayed.rewards == sum(1 for request_id, kind in events if kind == features.CLICK) // 2
+    bandit, rebuilt = live.experiments[0].bandit, restarted.experiments[0].bandit
+    assert bandit is not None and rebuilt is not None
+    for scene in ("home", "cart"):
+        assert rebuilt.counts(scene) == bandit.counts(scene)  # the same successes and trials per arm
+    assert restarted.allocations()["bandit"]["home"]["treatment"] > 0.9 > fresh["treatment"]
+    unclicked = next(exposure.request_id for exposure in logged
+                     if exposure.arm == "control" and exposure.scene == "home")
+    restarted.observe(unclicked, features.CLICK)  # a click after the restart still rewards its arm
+    assert rebuilt.counts("home")["control"][0] == bandit.counts("home")["control"][0] + 1
 
 
 def exposure(n: int, **change: object) -> Exposure:

@@ -247,10 +247,11 @@ def test_response_dataclasses_match_the_documented_schema() -> None:
 class FakeGateway:
     """A stand-in for the model: a fixed ranking, and the history it was last given."""
 
-    def __init__(self, ranking: list[str]) -> None:
+    def __init__(self, ranking: list[str], model_name: str = "fake_model") -> None:
         self.ranking = ranking
         self.histories: list[tuple[str, ...]] = []
         self.served = None
+        self.model_name = model_name
 
     def top_k(self, user_id: str, history: tuple[str, ...]) -> tuple[list[str], np.ndarray, int]:
         self.histories.append(tuple(history))
