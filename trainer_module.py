@@ -11,6 +11,7 @@ of :class:`shoprec.config.TrainConfig`, ``history_length``, ``items_path`` (the 
 
 
 import dataclasses
+import functools
 import json
 import os
 import time
@@ -27,7 +28,7 @@ from tfx_bsl.public import tfxio
 from shoprec import features
 from shoprec.config import TrainConfig
 from shoprec.data import canonical, point_in_time
-from shoprec.model import export, scann_index, training, two_tower
+from shoprec.model import export, scann_index, training, two_tower, warm_start
 
 _SNAPSHOT_COLUMNS = (features.USER_ID, features.AGE_GROUP_FEATURE.transformed_name, features.ITEM_ID,
                      features.EVENT_ID, features.TIMESTAMP)
@@ -136,6 +137,7 @@ class _Inputs:
         self.held_out = {name: values[held] for name, values in self.columns.items()}
         logging.info("vocabulary sizes %s; %d training examples, %d held out for validation", self.sizes,
                      int((~held).sum()), int(held.sum()))
+        self.base_model = fn_args.base_model if self.config.warm_start else None
         self.catalogue = training.catalogue_from_examples(self.columns, self.sizes.items)
         self.probability = two_tower.sampling_probability(
             self.fitted[features.ITEM_ID_FEATURE.transformed_name], self.sizes.items)
@@ -155,6 +157,24 @@ class _Inputs:
 
     def build_model(self, config: TrainConfig) -> two_tower.TwoTowerModel:
         return training.build_model(self.sizes, config, self.history_length, self.catalogue, self.probability)
+
+    @functools.cached_property
+    def vocabularies(self) -> dict[str, warm_start.Vocabulary]:
+        """The ids behind the model's embedding tables (Transform's vocabularies)."""
+        return warm_start.transform_vocabularies(self.tft_output, self.config.user_id_hash_buckets)
+
+    def warm_started(self, model: two_tower.TwoTowerModel, config: TrainConfig) -> warm_start.WarmStartReport | None:
+        """Starts ``model`` from the base model (the last blessed one) when ``warm_start`` is on
+        and there is one; None when it starts cold by configuration or for lack of a base."""
+        if not self.base_model:
+            if config.warm_start:
+                logging.info("warm start: no blessed model yet, starting cold")
+            return None
+        batch = next(iter(training.example_dataset(self.fitted, config).take(1)))
+        model.compute_loss(batch, training=False)  # creates the weights
+        report = warm_start.warm_start(model, self.vocabularies, warm_start.state_dir(self.base_model))
+        logging.info("warm start from %s: %s", self.base_model, report)
+        return report
 
 
 def tuner_fn(fn_args: tfx.components.FnArgs) -> tfx.components.TunerFnResult:
@@ -180,13 +200,15 @@ def tuner_fn(fn_args: tfx.components.FnArgs) -> tfx.components.TunerFnResult:
 
 
 def train_model(inputs: _Inputs, began: float | None = None
-                ) -> tuple[two_tower.TwoTowerModel, training.FitResult]:
+                ) -> tuple[two_tower.TwoTowerModel, training.FitResult, warm_start.WarmStartReport | None]:
     """Builds and fits the model on the train split's examples, early-stopping on its held-out
     slice (``began``: when the time budget started; default now); with ``refit``, then trains a
-    fresh model on all of them for the best epoch count."""
+    fresh model on all of them for the best epoch count. With ``warm_start``, both start from the
+    base model; the report says what was carried over (None: a cold start)."""
     config = inputs.config
     tf.keras.utils.set_random_seed(config.seed)
     model = inputs.build_model(config)
+    report = inputs.warm_started(model, config)
     validation = inputs.validation()
     result = training.fit(model, training.example_dataset(inputs.fitted, config), config,
                           validate=validation, log=logging.info, began=began)
@@ -195,12 +217,13 @@ def train_model(inputs: _Inputs, began: float | None = None
         every = {name: np.concatenate([inputs.fitted[name], inputs.held_out[name]]) for name in inputs.fitted}
         tf.keras.utils.set_random_seed(config.seed)
         model = inputs.build_model(config)
+        inputs.warm_started(model, config)
         refit_config = dataclasses.replace(config, epochs=result.best_epoch or result.epochs_run,
                                            time_budget_s=0.0)
         refit = training.fit(model, training.example_dataset(every, refit_config), refit_config, log=logging.info)
         result = dataclasses.replace(result, refit_epochs=refit.epochs_run,
                                      total_seconds=result.total_seconds + refit.total_seconds)
-    return model, result
+    return model, result, report
 
 
 def run_fn(fn_args: tfx.components.FnArgs) -> None:
@@ -210,12 +233,15 @@ def run_fn(fn_args: tfx.components.FnArgs) -> None:
     inputs = _Inputs(fn_args)
     config, tft_output = inputs.config, inputs.tft_output
     history_length = inputs.history_length
-    model, result = train_model(inputs, began)
+    model, result, report = train_model(inputs, began)
     logging.info("trained %d epochs (kept %d, stopped by %s) in %.1f s; history %s", result.epochs_run,
                  result.best_epoch, result.stopped_by, result.total_seconds, result.history)
     tf.io.gfile.makedirs(fn_args.model_run_dir)
     with tf.io.gfile.GFile(os.path.join(fn_args.model_run_dir, TRAINING_REPORT), "w") as f:
-        json.dump({"config": dataclasses.asdict(config), **dataclasses.asdict(result)}, f, indent=2)
+        json.dump({"config": dataclasses.asdict(config), **dataclasses.asdict(result),
+                   "warm_start": dataclasses.asdict(report) if report else None,
+                   "base_model": inputs.base_model}, f, indent=2)
+    warm_start.save_state(model, inputs.vocabularies, warm_start.state_dir(fn_args.serving_model_dir))
 
     every_example = [read_columns(inputs.dataset(files), _SNAPSHOT_COLUMNS)
                      for files in (fn_args.train_files, fn_args.eval_files)]

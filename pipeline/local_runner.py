@@ -3,6 +3,7 @@
     python -m pipeline.local_runner                      # generate the default shop, then run
     python -m pipeline.local_runner --data_dir DIR       # your own canonical files
     python -m pipeline.local_runner --events 5000 --epochs 1 --output_dir /tmp/run
+    python -m pipeline.local_runner --spans_dir runs/spans --warm_start true   # one turn of the loop
 
 Everything a run writes lives under ``--output_dir``: ``data/`` (a generated shop),
 ``pipeline_root/``, ``metadata.sqlite``, ``serving/<model_name>/<version>/`` and
@@ -31,6 +32,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--data_dir", default=None,
                         help="existing canonical files; default: generate a shop in "
                              "<output_dir>/data")
+    parser.add_argument("--spans_dir", default=None,
+                        help="a folder of span-<N>/ folders of canonical files (python -m service.event_log "
+                             "export_span writes them): the run trains on the window of the latest "
+                             "--span_window spans and a DriftGate compares them with the previous turn's "
+                             "(docs/production_loop.md)")
+    parser.add_argument("--span_window", type=int, default=2,
+                        help="spans in the rolling window, the latest last (default: %(default)s)")
     parser.add_argument("--events", type=int, default=ShopConfig.events,
                         help="events of a generated shop (default: %(default)s)")
     parser.add_argument("--users", type=int, default=ShopConfig.users)
@@ -52,6 +60,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         # Beam's own option parsing imports Beam (and its noise): it runs below, inside the console.
         beam_args = beam.beam_pipeline_args(args.beam_runner, args.beam_workers, args.beam_arg, check=False)
         shop = ShopConfig(users=args.users, items=args.items, events=args.events, seed=args.seed)
+        if args.spans_dir and args.data_dir:
+            raise ValueError("--data_dir and --spans_dir exclude each other")
+        if args.span_window < 1:
+            raise ValueError(f"--span_window must be >= 1, got {args.span_window}")
     except ValueError as error:
         raise SystemExit(f"bad flag: {error}") from None
     started = time.time()
@@ -68,7 +80,15 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         logging.set_verbosity(logging.INFO)
         beam.validate(args.beam_runner, beam_args)
-        if args.data_dir:
+        turn = None
+        if args.spans_dir:
+            from shoprec.data import spans
+
+            turn = spans.prepare_turn(os.path.abspath(args.spans_dir), os.path.join(output_dir, "windows"),
+                                      args.span_window)
+            data_dir = turn.window_dir
+            console.say(f"spans: window {list(turn.spans)} of {os.path.abspath(args.spans_dir)} in {data_dir}")
+        elif args.data_dir:
             data_dir = os.path.abspath(args.data_dir)
             canonical.check_data_dir(data_dir)
         else:
@@ -94,13 +114,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             train=train,
             evaluation=evaluation,
             model_name=args.model_name,
-        ranking=ranking,
-        ranking_model_name=args.ranking_model_name,
-        infra_validation=False if args.infra_validation is None else args.infra_validation,
+            ranking=ranking,
+            ranking_model_name=args.ranking_model_name,
+            infra_validation=False if args.infra_validation is None else args.infra_validation,
             schema_path=schema.path,
             disabled_features=schema.disabled_features,
             enable_cache=not args.no_cache,
             tuner_trials=args.tuner_trials,
+            spans=turn,
         )
         console.say(f"pipeline {PIPELINE_NAME}: {len(pipeline.components)} components")
         run_started = time.time()

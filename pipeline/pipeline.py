@@ -15,6 +15,7 @@ from tfx import v1 as tfx
 from tfx.dsl.components.base import executor_spec
 
 from components.anomalies_gate import AnomaliesGate
+from components.drift_gate import SpanDriftGate
 from components.events_example_gen import EventsExampleGen
 from components.idempotent_pusher import Executor as IdempotentPusherExecutor
 from components.infra_validator import local_infra_validator
@@ -30,6 +31,7 @@ from shoprec.config import (
     SplitConfig,
     TrainConfig,
 )
+from shoprec.data.spans import SpanTurn
 
 PREPROCESSING_FN = "transform_module.preprocessing_fn"
 RUN_FN = "trainer_module.run_fn"
@@ -38,6 +40,7 @@ RANKING_PREPROCESSING_FN = "ranking_transform_module.preprocessing_fn"
 RANKING_RUN_FN = "ranking_trainer_module.run_fn"
 
 # Node ids. Both resolvers filter by producer, so neither branch sees the other's models.
+DRIFT_GATE = "DriftGate"
 TRAINER = "Trainer"
 RETRIEVAL_EVALUATOR = "RetrievalEvaluator"
 INFRA_VALIDATOR = "InfraValidator"
@@ -95,6 +98,7 @@ def create_pipeline(
     ranking: RankingConfig | None = RankingConfig(),
     ranking_model_name: str = RANKING_MODEL_NAME,
     infra_validation: bool = False,
+    spans: SpanTurn | None = None,
 ) -> tfx.dsl.Pipeline:
     """Builds the pipeline.
 
@@ -121,6 +125,10 @@ def create_pipeline(
       infra_validation: run the retrieval model in a model server before the Pusher
         (LocalInfraValidator, LOAD_AND_QUERY on eval examples); the Pusher then needs its
         blessing too (docs/production_loop.md).
+      spans: a turn of the production loop (:func:`shoprec.data.spans.prepare_turn`): ``data_dir``
+        is its window; ExampleGen resolves the span through TFX's input pattern over the
+        windows folder, and a SpanDriftGate compares the new span with the previous one before
+        Transform: a drift beyond its threshold stops the turn (docs/production_loop.md).
 
     Returns:
       A ``tfx.dsl.Pipeline`` with ExampleGen, StatisticsGen, ImportSchemaGen, ExampleValidator,
@@ -129,8 +137,9 @@ def create_pipeline(
       the latest-blessed-ranking-model resolver, RankingEvaluator (TFX Evaluator) and
       RankingPusher (docs/ranking.md).
     """
-    example_gen = EventsExampleGen(input_base=data_dir, eval_fraction=split.eval_fraction,
-                                   history_length=split.history_length)
+    example_gen = EventsExampleGen(input_base=spans.windows_dir if spans else data_dir,
+                                   eval_fraction=split.eval_fraction, history_length=split.history_length,
+                                   spans=spans is not None)
     schema_gen = tfx.components.ImportSchemaGen(
         schema_file=schema_path)
     statistics_gen = tfx.components.StatisticsGen(
@@ -139,8 +148,15 @@ def create_pipeline(
         statistics=statistics_gen.outputs["statistics"], schema=schema_gen.outputs["schema"])
     gate = AnomaliesGate(anomalies=example_validator.outputs["anomalies"],
                          schema=schema_gen.outputs["schema"])
+    drift_nodes: list = []
+    validated_schema = gate.outputs["validated_schema"]
+    if spans is not None:
+        drift_gate = SpanDriftGate(schema=validated_schema, span_dir=spans.span_dir,
+                                   previous_span_dir=spans.previous_span_dir or "").with_id(DRIFT_GATE)
+        drift_nodes = [drift_gate]
+        validated_schema = drift_gate.outputs["validated_schema"]
     transform = tfx.components.Transform(
-        examples=example_gen.outputs["examples"], schema=gate.outputs["validated_schema"],
+        examples=example_gen.outputs["examples"], schema=validated_schema,
         preprocessing_fn=PREPROCESSING_FN,
         custom_config={"history_length": split.history_length,
                        "disabled_features": list(disabled_features),
@@ -157,15 +173,8 @@ def create_pipeline(
             tuner_fn=TUNER_FN,
             examples=transform.outputs["transformed_examples"],
             transform_graph=transform.outputs["transform_graph"],
-            schema=gate.outputs["validated_schema"],
+            schema=validated_schema,
             custom_config={**custom_config, "tuner_trials": tuner_trials})
-    trainer = tfx.components.Trainer(
-        run_fn=RUN_FN,
-        examples=transform.outputs["transformed_examples"],
-        transform_graph=transform.outputs["transform_graph"],
-        schema=gate.outputs["validated_schema"],
-        hyperparameters=tuner.outputs["best_hyperparameters"] if tuner else None,
-        custom_config=custom_config)
     last_blessed = tfx.dsl.Resolver(
         strategy_class=tfx.dsl.experimental.LatestBlessedModelStrategy,
         model=tfx.dsl.Channel(type=tfx.types.standard_artifacts.Model, producer_component_id=TRAINER,
@@ -173,6 +182,16 @@ def create_pipeline(
         model_blessing=tfx.dsl.Channel(type=tfx.types.standard_artifacts.ModelBlessing,
                                        producer_component_id=RETRIEVAL_EVALUATOR, output_key="blessing"),
     ).with_id("latest_blessed_model_resolver")
+    trainer = tfx.components.Trainer(
+        run_fn=RUN_FN,
+        examples=transform.outputs["transformed_examples"],
+        transform_graph=transform.outputs["transform_graph"],
+        schema=validated_schema,
+        hyperparameters=tuner.outputs["best_hyperparameters"] if tuner else None,
+        # warm start: the last blessed model (only then, so that a cold run's cache key does not
+        # change when a model is blessed)
+        base_model=last_blessed.outputs["model"] if train.warm_start else None,
+        custom_config=custom_config)
     evaluator = RetrievalEvaluator(
         model=trainer.outputs["model"], examples=example_gen.outputs["examples"],
         baseline_model=last_blessed.outputs["model"],
@@ -196,8 +215,7 @@ def create_pipeline(
     return tfx.dsl.Pipeline(
         pipeline_name=pipeline_name,
         pipeline_root=pipeline_root,
-        components=[example_gen, schema_gen, statistics_gen, example_validator, gate, transform,
-                    *([tuner] if tuner else []), trainer, last_blessed, evaluator,
+        components=[example_gen, schema_gen, statistics_gen, example_validator, gate, *drift_nodes, transform, *([tuner] if tuner else []), last_blessed, trainer, evaluator,
                     *([infra_validator] if infra_validator else []), pusher,
                     *ranking_components],
         enable_cache=enable_cache,

@@ -19,6 +19,7 @@ _STATES = {v: k for k, v in metadata_store_pb2.Execution.State.items()}
 # Node ids of the ranking branch (pipeline/pipeline.py names them; importing it would load TFMA).
 _RANKING_NODE_PREFIX = "Ranking"
 RANKING_TRAINING_REPORT = "ranking_training.json"  # ranking_trainer_module writes it in its ModelRun
+TRAINING_REPORT = "training.json"  # trainer_module writes it in its ModelRun
 _RANKING_METRICS = ("example_count", "auc", "log_loss", "calibration", "mean_label", "mean_prediction")
 _RANKING_SLICES = (features.SCENE, features.CATEGORY, features.USER_SEGMENT)
 
@@ -93,6 +94,12 @@ def collect(metadata_path: str, pipeline_name: str, since: float) -> dict[str, A
                         report = json.load(f)
                     summary["metrics"] = report["metrics"]
                     summary["blessing_reasons"] = report["reasons"]
+                    summary["baseline_model"] = report.get("baseline_model")
+            elif type_name == "ModelRun":
+                path = os.path.join(artifact.uri, TRAINING_REPORT)
+                if tf.io.gfile.exists(path):
+                    with tf.io.gfile.GFile(path) as f:
+                        summary["warm_start"] = json.load(f).get("warm_start")
             elif type_name == "ModelBlessing":
                 summary["blessed"] = bool(_custom(artifact, "blessed"))
             elif type_name == "PushedModel":
@@ -154,6 +161,13 @@ def format_summary(summary: dict[str, Any], per_component: bool = True) -> str:
                 for name in ("returning_users", "new_users")))
     if summary.get("metrics_plot"):
         lines.append(f"  plot: {summary['metrics_plot']}")
+    warm = summary.get("warm_start")
+    if warm:
+        lines.append(f"  warm start: {'from the last blessed model, ' if warm['warm'] else 'cold: '}"
+                     + (f"{warm['rows_carried']} embedding rows carried, {warm['new_ids']} new ids"
+                        if warm["warm"] else warm["reason"]))
+    if summary.get("baseline_model"):
+        lines.append(f"  compared with the last blessed model: {summary['baseline_model']}")
     lines.append(f"  blessed: {summary.get('blessed')}"
                  + (f" ({'; '.join(summary['blessing_reasons'])})"
                     if summary.get("blessing_reasons") else ""))

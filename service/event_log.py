@@ -552,8 +552,57 @@ def export(log_path: str, out_dir: str, base_data_dir: str | None = None) -> dic
     return summary
 
 
+def export_span(log_path: str, spans_root: str, base_data_dir: str | None = None) -> dict[str, int]:
+    """Writes the events logged since the latest span as the next span, ``<spans_root>/span-<N+1>/``
+    (:mod:`shoprec.data.spans`): the new events, the latest span's items, and its users with the
+    log's new users added. With no span yet, ``base_data_dir`` (the shop the service started
+    from) becomes ``span-1`` first. The log's impressions stay out of spans (the ranking branch
+    then samples negatives over the window; ``docs/production_loop.md``).
+
+    Returns:
+      Counts: ``span`` (its number), ``events``, ``new_users``.
+
+    Raises:
+      ExportError: no span and no base, nothing new in the log, or an event on an unknown item.
+    """
+    from shoprec.data import spans as spans_lib
+
+    existing = spans_lib.span_dirs(spans_root) if os.path.isdir(spans_root) and any(
+        name.startswith(spans_lib.SPAN_PREFIX) for name in os.listdir(spans_root)) else {}
+    if not existing:
+        if base_data_dir is None:
+            raise ExportError(f"{spans_root}: no span yet; pass --base_data_dir (the shop the service started "
+                              f"from) to make it span-1")
+        canonical.check_data_dir(base_data_dir)
+        first = os.path.join(spans_root, f"{spans_lib.SPAN_PREFIX}1")
+        os.makedirs(first)
+        for name in features.CANONICAL_FILES:
+            shutil.copyfile(os.path.join(base_data_dir, name), os.path.join(first, name))
+        existing = {1: first}
+    latest = max(existing)
+    staging = tempfile.mkdtemp(prefix=".span-", dir=spans_root)
+    try:
+        summary = export(log_path, staging, base_data_dir=existing[latest])
+        known = set()
+        for folder in existing.values():
+            known |= set(canonical.read_table(os.path.join(folder, features.EVENTS_FILE))[features.EVENT_ID])
+        events = canonical.read_table(os.path.join(staging, features.EVENTS_FILE))
+        new_events = events[~events[features.EVENT_ID].isin(known)]
+        if not len(new_events):
+            raise ExportError(f"{log_path}: nothing logged since span {latest} ({existing[latest]})")
+        new_events.to_csv(os.path.join(staging, features.EVENTS_FILE), index=False, lineterminator="\n")
+        for name in os.listdir(staging):
+            if name not in features.CANONICAL_FILES:
+                os.remove(os.path.join(staging, name))
+        target = os.path.join(spans_root, f"{spans_lib.SPAN_PREFIX}{latest + 1}")
+        os.replace(staging, target)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return {"span": latest + 1, "events": len(new_events), "new_users": summary["new_users"]}
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """Command line: ``count`` and ``export``; see the module docstring."""
+    """Command line: ``count``, ``export`` and ``export_span``; see the module docstring."""
     parser = argparse.ArgumentParser(prog="python -m service.event_log",
                                      description="Inspect or export the service's durable event log.")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -564,7 +613,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     export_parser.add_argument("--out", required=True, help="output folder")
     export_parser.add_argument("--base_data_dir", default=None,
                                help="a shop folder to merge into (its events, items and users)")
+    span_parser = commands.add_parser("export_span", help="write the events logged since the latest span as the "
+                                                          "next span (the production loop, docs/production_loop.md)")
+    span_parser.add_argument("--log", required=True, help="the event log: a SQLite file or a redis:// URL (Redis Streams)")
+    span_parser.add_argument("--spans_dir", required=True, help="the folder of span-<N>/ folders")
+    span_parser.add_argument("--base_data_dir", default=None,
+                             help="the shop the service started from: span-1 when there is no span yet")
     args = parser.parse_args(argv)
+    if args.command == "export_span":
+        try:
+            summary = export_span(args.log, args.spans_dir, args.base_data_dir)
+        except (ExportError, canonical.DataError) as err:
+            print(f"error: {err}", file=sys.stderr)
+            return 1
+        print(" ".join(f"{key}={value}" for key, value in summary.items()))
+        return 0
     if args.command == "count":
         if not args.log.startswith(REDIS_SCHEMES) and not os.path.exists(args.log):
             parser.error(f"{args.log}: no event log there")

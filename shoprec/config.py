@@ -89,6 +89,9 @@ class TrainConfig:
     # After early stopping, train a fresh model on every train example (the held-out slice too)
     # for the best epoch count: the slice is the most recent data.
     refit: bool = True
+    # Start from the last blessed model (the Trainer's base_model): its weights, with the id
+    # vocabularies extended for new ids (shoprec.model.warm_start; docs/production_loop.md).
+    warm_start: bool = False
     # full_softmax, one position: the example's history items (other than its own item) are not
     # classes of its softmax; the Evaluator excludes seen items, so the loss need not rank them.
     mask_history: bool = False

@@ -1,3 +1,3 @@
 """Data monitoring gates: drift between spans and training/serving skew (TFDV comparators)."""
 
-from components.drift_gate.component import DriftGate, SkewGate  # noqa: F401
+from components.drift_gate.component import DriftGate, SkewGate, SpanDriftGate  # noqa: F401

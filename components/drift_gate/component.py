@@ -92,6 +92,49 @@ def DriftGate(
         "drift", findings, f" (split {settings.split}: {statistics.uri} against {compared['previous']})")
 
 
+def folder_statistics(data_dir: str):
+    """TFDV statistics of one folder's canonical files (a span, or the event log's export), joined
+    as ExampleGen joins them (:func:`shoprec.data.monitoring.serving_frame`: each event with its
+    item and user; impressions dropped)."""
+    tables = {name: canonical.read_table(os.path.join(data_dir, name))
+              for name in (features.EVENTS_FILE, features.ITEMS_FILE, features.USERS_FILE)}
+    return monitoring.serving_statistics(monitoring.serving_frame(
+        tables[features.EVENTS_FILE], tables[features.ITEMS_FILE], tables[features.USERS_FILE]))
+
+
+@tfx.dsl.components.component
+def SpanDriftGate(
+    schema: tfx.dsl.components.InputArtifact[tfx.types.standard_artifacts.Schema],
+    report: tfx.dsl.components.OutputArtifact[tfx.types.standard_artifacts.ExampleAnomalies],
+    validated_schema: tfx.dsl.components.OutputArtifact[tfx.types.standard_artifacts.Schema],
+    span_dir: tfx.dsl.components.Parameter[str],
+    previous_span_dir: tfx.dsl.components.Parameter[str] = "",
+    config: tfx.dsl.components.Parameter[str] = "",
+) -> None:
+    """Fails when the new span drifted from the previous span; else passes the schema on.
+
+    A turn trains on a window of spans, whose StatisticsGen statistics blend the new span with
+    the ones before it (a category tripled in the new span moves a two-span window by about half
+    as much). This gate compares the two spans themselves: TFDV statistics of each span's files
+    (:func:`folder_statistics`), with the same comparators and thresholds as :func:`DriftGate`.
+
+    Args:
+      schema: the curated schema.
+      report: every drift measurement (``monitoring.json``), and ``blessed`` 0/1.
+      validated_schema: the schema with the comparators (only when it passed).
+      span_dir: the new span's folder.
+      previous_span_dir: the previous span's folder; "" on the first turn, which then passes.
+      config: ``MonitoringConfig.to_json()``; "" for the defaults.
+    """
+    settings = monitoring.MonitoringConfig.from_json(config) if config else monitoring.MonitoringConfig()
+    curated = _read_schema(schema)
+    findings = [] if not previous_span_dir else monitoring.drift(
+        folder_statistics(span_dir), folder_statistics(previous_span_dir), curated, settings)
+    compared = {"current": span_dir, "previous": previous_span_dir}
+    _write_outputs("drift", findings, compared, curated, settings, report, validated_schema)
+    monitoring.raise_on_findings("drift", findings, f" ({span_dir} against {previous_span_dir})")
+
+
 @tfx.dsl.components.component
 def SkewGate(
     statistics: tfx.dsl.components.InputArtifact[tfx.types.standard_artifacts.ExampleStatistics],
@@ -114,10 +157,7 @@ def SkewGate(
     """
     settings = monitoring.MonitoringConfig.from_json(config) if config else monitoring.MonitoringConfig()
     curated = _read_schema(schema)
-    tables = {name: canonical.read_table(os.path.join(serving_data_dir, name))
-              for name in (features.EVENTS_FILE, features.ITEMS_FILE, features.USERS_FILE)}
-    serving = monitoring.serving_statistics(monitoring.serving_frame(
-        tables[features.EVENTS_FILE], tables[features.ITEMS_FILE], tables[features.USERS_FILE]))
+    serving = folder_statistics(serving_data_dir)
     findings = monitoring.skew(_statistics(statistics, settings.split), serving, curated, settings)
     _write_outputs("skew", findings, {"training": statistics.uri, "serving": serving_data_dir},
                    curated, settings, report, validated_schema)

@@ -9,6 +9,7 @@ from tfx.proto import example_gen_pb2
 
 from components.events_example_gen import executor
 from shoprec.config import SplitConfig
+from shoprec.data import spans as spans_lib
 
 
 class EventsExampleGen(FileBasedExampleGen):
@@ -21,13 +22,16 @@ class EventsExampleGen(FileBasedExampleGen):
 
     EXECUTOR_SPEC = executor_spec.BeamExecutorSpec(executor.Executor)
 
-    def __init__(self, input_base: str, eval_fraction: float, history_length: int):
+    def __init__(self, input_base: str, eval_fraction: float, history_length: int, spans: bool = False):
         """Initialises the component.
 
         Args:
-          input_base: folder with the canonical files (see docs/data_schema.md).
+          input_base: folder with the canonical files (see docs/data_schema.md); with ``spans``,
+            a folder of ``span-<N>/`` folders of them (:mod:`shoprec.data.spans`).
           eval_fraction: share of events, the latest in time, that go to ``eval``; in (0, 1).
           history_length: N, the number of previous items kept per example.
+          spans: the input pattern is ``span-{SPAN}/*.csv``: TFX's driver resolves the latest span,
+            fingerprints its files and records the span on the Examples artifact.
 
         Raises:
           ValueError: a value :class:`shoprec.config.SplitConfig` refuses.
@@ -40,7 +44,7 @@ class EventsExampleGen(FileBasedExampleGen):
             example_gen_pb2.SplitConfig.Split(name=executor.EVAL_SPLIT, hash_buckets=eval_buckets),
         ]))
         input_config = example_gen_pb2.Input(splits=[
-            example_gen_pb2.Input.Split(name="shop", pattern="*.csv")])
+            example_gen_pb2.Input.Split(name="shop", pattern=spans_lib.SPAN_PATTERN if spans else "*.csv")])
         settings = struct_pb2.Struct()
         settings.update({"eval_fraction": eval_fraction, "history_length": history_length})
         custom_config = example_gen_pb2.CustomConfig()

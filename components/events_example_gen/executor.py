@@ -35,6 +35,14 @@ def read_custom_config(exec_properties: dict[str, Any]) -> dict[str, Any]:
     return json_format.MessageToDict(struct)
 
 
+def input_folder(exec_properties: dict[str, Any]) -> str:
+    """The folder of the canonical files: ``input_base``, or with a span pattern the span folder
+    the driver resolved (``span-<N>/*.csv`` once ``{SPAN}`` is replaced)."""
+    input_config = example_gen_pb2.Input()
+    json_format.Parse(exec_properties["input_config"], input_config)
+    return os.path.join(exec_properties["input_base"], os.path.dirname(input_config.splits[0].pattern))
+
+
 def _to_example(event: dict[str, Any], history: list[str]) -> tf.train.Example:
     """Builds the tf.Example of one event with its point-in-time history."""
 
@@ -116,7 +124,7 @@ class Executor(base_example_gen_executor.BaseExampleGenExecutor):
         config = read_custom_config(exec_properties)
         eval_fraction = float(config["eval_fraction"])
         history_length = int(config["history_length"])
-        data_dir = exec_properties["input_base"]
+        data_dir = input_folder(exec_properties)
         canonical.check_data_dir(data_dir)
 
         events = _read_rows(pipeline, data_dir, features.EVENTS_FILE)

@@ -99,6 +99,32 @@ def test_export_refuses_unknown_items_and_missing_logs(tmp_path: Path) -> None:
     assert event_log.main(["export", "--log", str(tmp_path / "missing.sqlite"), "--out", str(tmp_path)]) == 1
 
 
+def test_export_span_writes_what_was_logged_since_the_latest_span(tmp_path: Path) -> None:
+    write_shop(tmp_path / "shop")
+    spans_dir = tmp_path / "spans"
+    path = str(tmp_path / "events.sqlite")
+    log = EventLog(path)
+    log.append([logged(0, user="u9"), logged(1, features.PURCHASE), logged(2, features.IMPRESSION)], received_at=1.0)
+    with pytest.raises(ExportError, match="no span yet; pass --base_data_dir"):
+        event_log.export_span(path, str(spans_dir))
+    assert event_log.export_span(path, str(spans_dir), str(tmp_path / "shop")) == {
+        "span": 2, "events": 2, "new_users": 1}
+    first = pd.read_csv(spans_dir / "span-1" / features.EVENTS_FILE, dtype=str)
+    assert first[features.EVENT_ID].tolist() == ["e0", "e1"]  # the base shop became span-1
+    second = pd.read_csv(spans_dir / "span-2" / features.EVENTS_FILE, dtype=str)
+    assert second[features.EVENT_ID].tolist() == ["live-0", "live-1"]  # only the new events
+    assert "u9" in set(pd.read_csv(spans_dir / "span-2" / features.USERS_FILE, dtype=str)[features.USER_ID])
+    assert sorted(p.name for p in (spans_dir / "span-2").iterdir()) == sorted(features.CANONICAL_FILES)
+    with pytest.raises(ExportError, match="nothing logged since span 2"):
+        event_log.export_span(path, str(spans_dir))
+    log.append([logged(3)], received_at=2.0)
+    log.close()
+    assert event_log.main(["export_span", "--log", path, "--spans_dir", str(spans_dir)]) == 0
+    third = pd.read_csv(spans_dir / "span-3" / features.EVENTS_FILE, dtype=str)
+    assert third[features.EVENT_ID].tolist() == ["live-3"]
+    assert not list(spans_dir.glob(".span-*"))
+
+
 def test_count_command(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     path = str(tmp_path / "events.sqlite")
     log = EventLog(path)

@@ -156,7 +156,7 @@ def _fn_args(columns: dict[str, np.ndarray], config: TrainConfig, read: list[str
     return type("FnArgs", (), {
         "custom_config": {**dataclasses.asdict(config), "history_length": N}, "hyperparameters": None,
         "transform_output": "tft", "transform_graph_path": None, "train_files": ["train"],
-        "eval_files": ["eval"], "data_accessor": accessor})()
+        "eval_files": ["eval"], "data_accessor": accessor, "base_model": None})()
 
 
 def test_the_trainer_early_stops_on_the_train_periods_slice_and_never_reads_eval(monkeypatch):
@@ -168,7 +168,7 @@ def test_the_trainer_early_stops_on_the_train_periods_slice_and_never_reads_eval
     inputs = trainer_module._Inputs(_fn_args(columns, config, read))
     held_out = inputs.held_out[F.TIMESTAMP]
     assert len(held_out) and held_out.min() > inputs.fitted[F.TIMESTAMP].max()
-    _, result = trainer_module.train_model(inputs)
+    _, result, _ = trainer_module.train_model(inputs)
     assert read == ["train"]
     assert all("valid" in record for record in result.history)
     assert result.stopped_by in ("patience", "epochs") and result.best_value > 0
