@@ -39,6 +39,10 @@ def build_parser() -> argparse.ArgumentParser:
                              "(docs/production_loop.md)")
     parser.add_argument("--span_window", type=int, default=2,
                         help="spans in the rolling window, the latest last (default: %(default)s)")
+    parser.add_argument("--monitoring_config", default=None,
+                        help="with --spans_dir: a JSON file of the drift and skew thresholds "
+                             "(shoprec.data.monitoring.MonitoringConfig; docs/monitoring.md); default: "
+                             "the documented defaults")
     parser.add_argument("--events", type=int, default=ShopConfig.events,
                         help="events of a generated shop (default: %(default)s)")
     parser.add_argument("--users", type=int, default=ShopConfig.users)
@@ -49,6 +53,24 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--verbose", action="store_true",
                         help="show TF, absl and Beam logs live (they always go to <output_dir>/logs/)")
     return parser
+
+
+def read_monitoring_config(path: str) -> str:
+    """The drift and skew thresholds in ``path``, checked, as the gates' JSON parameter.
+
+    Raises:
+      ValueError: the file is unreadable or not a valid MonitoringConfig (the message says which).
+    """
+    from shoprec.data import monitoring  # TFDV: imported only when the flag is given
+
+    try:
+        with open(path, encoding="utf-8") as handle:
+            return monitoring.MonitoringConfig.from_json(handle.read()).to_json()
+    except OSError as error:
+        raise ValueError(f"--monitoring_config {path}: {error.strerror}") from None
+    except (ValueError, KeyError, TypeError) as error:
+        raise ValueError(f"--monitoring_config {path}: not a MonitoringConfig ({type(error).__name__}: {error}); "
+                         f"see docs/monitoring.md") from None
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -64,6 +86,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise ValueError("--data_dir and --spans_dir exclude each other")
         if args.span_window < 1:
             raise ValueError(f"--span_window must be >= 1, got {args.span_window}")
+        monitoring_config = read_monitoring_config(args.monitoring_config) if args.monitoring_config else ""
     except ValueError as error:
         raise SystemExit(f"bad flag: {error}") from None
     started = time.time()
@@ -122,6 +145,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             enable_cache=not args.no_cache,
             tuner_trials=args.tuner_trials,
             spans=turn,
+            monitoring_config=monitoring_config,
         )
         console.say(f"pipeline {PIPELINE_NAME}: {len(pipeline.components)} components")
         run_started = time.time()

@@ -15,7 +15,7 @@ from tfx import v1 as tfx
 from tfx.dsl.components.base import executor_spec
 
 from components.anomalies_gate import AnomaliesGate
-from components.drift_gate import SpanDriftGate
+from components.drift_gate import SkewGate, SpanDriftGate
 from components.events_example_gen import EventsExampleGen
 from components.idempotent_pusher import Executor as IdempotentPusherExecutor
 from components.infra_validator import local_infra_validator
@@ -41,6 +41,7 @@ RANKING_RUN_FN = "ranking_trainer_module.run_fn"
 
 # Node ids. Both resolvers filter by producer, so neither branch sees the other's models.
 DRIFT_GATE = "DriftGate"
+SKEW_GATE = "SkewGate"
 TRAINER = "Trainer"
 RETRIEVAL_EVALUATOR = "RetrievalEvaluator"
 INFRA_VALIDATOR = "InfraValidator"
@@ -99,6 +100,7 @@ def create_pipeline(
     ranking_model_name: str = RANKING_MODEL_NAME,
     infra_validation: bool = False,
     spans: SpanTurn | None = None,
+    monitoring_config: str = "",
 ) -> tfx.dsl.Pipeline:
     """Builds the pipeline.
 
@@ -127,8 +129,11 @@ def create_pipeline(
         blessing too (docs/production_loop.md).
       spans: a turn of the production loop (:func:`shoprec.data.spans.prepare_turn`): ``data_dir``
         is its window; ExampleGen resolves the span through TFX's input pattern over the
-        windows folder, and a SpanDriftGate compares the new span with the previous one before
-        Transform: a drift beyond its threshold stops the turn (docs/production_loop.md).
+        windows folder; before Transform a SpanDriftGate compares the new span with the previous
+        one and a SkewGate the new span (what the service logged) with the training split: a
+        drift or skew beyond its threshold stops the turn (docs/production_loop.md).
+      monitoring_config: the gates' thresholds, ``MonitoringConfig.to_json()``; "" for the
+        defaults (docs/monitoring.md).
 
     Returns:
       A ``tfx.dsl.Pipeline`` with ExampleGen, StatisticsGen, ImportSchemaGen, ExampleValidator,
@@ -152,9 +157,14 @@ def create_pipeline(
     validated_schema = gate.outputs["validated_schema"]
     if spans is not None:
         drift_gate = SpanDriftGate(schema=validated_schema, span_dir=spans.span_dir,
-                                   previous_span_dir=spans.previous_span_dir or "").with_id(DRIFT_GATE)
-        drift_nodes = [drift_gate]
-        validated_schema = drift_gate.outputs["validated_schema"]
+                                   previous_span_dir=spans.previous_span_dir or "",
+                                   config=monitoring_config).with_id(DRIFT_GATE)
+        # The new span is what the service logged (export_span): skew against the training split.
+        skew_gate = SkewGate(statistics=statistics_gen.outputs["statistics"],
+                             schema=drift_gate.outputs["validated_schema"],
+                             serving_data_dir=spans.span_dir, config=monitoring_config).with_id(SKEW_GATE)
+        drift_nodes = [drift_gate, skew_gate]
+        validated_schema = skew_gate.outputs["validated_schema"]
     transform = tfx.components.Transform(
         examples=example_gen.outputs["examples"], schema=validated_schema,
         preprocessing_fn=PREPROCESSING_FN,
