@@ -158,17 +158,21 @@ def build_router(components: Components, experiments: LiveExperiments | None = N
 
     @router.get("/healthz", response_model=HealthResponse)
     def healthz() -> HealthResponse:
-        """Whether the model and the feature store are reachable (200 even when degraded)."""
+        """Whether the models and the feature store are reachable (200 even when degraded)."""
         problems = []
         served = components.gateway.served
         if served is None:
             problems.append("no model version available: home and detail fall back to non-model routes")
+        ranking_version = components.ranking_gateway.version if components.ranking_gateway else None
+        if components.ranking_gateway is not None and ranking_version is None:
+            problems.append("no ranking model version available: answers keep the retrieval order")
         try:
             components.feature_store.check()
         except FeatureStoreError as err:
             problems.append(f"feature store: {err}")
         return HealthResponse(status="degraded" if problems else "ok",
                               model_version=served.version if served else None,
+                              ranking_model_version=ranking_version,
                               feature_store=components.feature_store.kind,
                               event_log=f"{components.event_log.kind} {components.event_log.durability()}",
                               catalogue_items=len(service.catalogue), problems=problems)

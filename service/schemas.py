@@ -180,6 +180,9 @@ class HealthResponse(BaseModel):
 
     status: Literal["ok", "degraded"]
     model_version: int | None
+    ranking_model_version: int | None = Field(None, description="The ranking model version in use; None "
+                                                                "without a ranking stage or while none is "
+                                                                "available (a problem then).")
     feature_store: str
     event_log: str = Field(description="The event log's backend and what makes a write durable, read back "
                                        "from it (e.g. 'sqlite synchronous=FULL journal_mode=wal').")

@@ -18,6 +18,7 @@ attributes and the users' age groups looked up from tables taken from the traini
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Literal
 
 import numpy as np
@@ -25,10 +26,12 @@ import tensorflow as tf
 import tensorflow_recommenders as tfrs
 
 from shoprec import features
-from shoprec.config import RankingConfig
+from shoprec.config import RANKING_CANDIDATES, RankingConfig
+from shoprec.model import warmup
 
 CLICK_LOGIT = "click_logit"
 PURCHASE_LOGIT = "purchase_logit"
+_WARMUP_USERS = 3  # known users the warmup requests may use
 
 
 class RankingModel(tfrs.models.Model):
@@ -106,6 +109,14 @@ class RankingModel(tfrs.models.Model):
         return click + self._purchase_weight * purchase
 
 
+@dataclasses.dataclass(frozen=True)
+class _WarmupSample:
+    """Training-data values the warmup requests use (a plain object: not saved in the SavedModel)."""
+
+    users: tuple[str, ...]
+    items: tuple[str, ...]
+
+
 def _table(keys: np.ndarray, values: np.ndarray, default: str | float) -> tf.lookup.StaticHashTable:
     value_dtype = tf.float32 if isinstance(default, float) else tf.string
     return tf.lookup.StaticHashTable(
@@ -141,6 +152,8 @@ class RankingServingModule(tf.Module):
         self.prices = _table(item_ids, np.asarray(catalogue[features.PRICE], np.float32),
                              float(np.median(catalogue[features.PRICE])))
         self.age_groups = _table(user_ids, np.asarray(age_groups).astype(str), features.UNKNOWN)
+        self._warmup = _WarmupSample(tuple(np.asarray(user_ids).astype(str)[:_WARMUP_USERS]),
+                                     tuple(np.asarray(item_ids).astype(str)[:RANKING_CANDIDATES]))
 
     def _predict(self, raw: dict[str, tf.Tensor]) -> dict[str, tf.Tensor]:
         transformed = self.tft_layer({name: tf.reshape(value, [-1, 1]) for name, value in raw.items()})
@@ -171,9 +184,20 @@ class RankingServingModule(tf.Module):
                 for f in features.RANKING_FEATURES}
         return self._predict(tf.io.parse_example(examples, spec))
 
-    def save(self, export_dir: str) -> None:
-        """Writes the SavedModel with both signatures."""
+    def save(self, export_dir: str, write_warmup: bool = True) -> None:
+        """Writes the SavedModel with both signatures, and its warmup requests.
+
+        Without them the first ``rank`` calls a model server answers after loading a version pay
+        for the graph's first run, longer than the service's deadline (0.5 s) on a busy machine,
+        and those requests keep the retrieval order.
+
+        Args:
+          export_dir: the SavedModel directory (local or any ``tf.io.gfile`` path).
+          write_warmup: also write ``assets.extra/tf_serving_warmup_requests``.
+        """
         tf.saved_model.save(self, export_dir, signatures={
             features.SIGNATURE_RANK: self.rank.get_concrete_function(),
             features.SIGNATURE_RANK_EXAMPLES: self.score_examples.get_concrete_function(),
         })
+        if write_warmup:
+            warmup.write_warmup_file(export_dir, warmup.ranking_requests(self._warmup.users, self._warmup.items))

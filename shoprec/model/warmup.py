@@ -11,6 +11,11 @@ The recommender's records, one request each (batch sizes 1 and ``len(known_users
 * ``recommend_with_history``: a known and an unknown user with a recent-items history;
 * ``query_embedding``: the same two queries;
 * ``item_embedding``: the history items and an unknown item.
+
+The ranking model's records (:func:`ranking_requests`), on ``serving_default`` (``rank``): a known
+user's home request of one candidate, and the request the service sends most, a known user's
+``RANKING_CANDIDATES`` candidates on a detail page, with an unknown user and item among them.
+``score_examples`` has none: TFMA calls it in-process, never through the model server.
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 
+import numpy as np
 import tensorflow as tf
 from tensorflow_serving.apis import model_pb2, predict_pb2, prediction_log_pb2
 
@@ -66,6 +72,35 @@ def retrieval_requests(known_users: Sequence[str], history: Sequence[str],
     requests.append(predict_request(features.SIGNATURE_ITEM_EMBEDDING,
                                     {features.ITEM_ID: [*history, UNKNOWN_ITEM]}, model_name))
     return requests
+
+
+def ranking_requests(known_users: Sequence[str], item_ids: Sequence[str],
+                     model_name: str = config.RANKING_MODEL_NAME) -> list[predict_pb2.PredictRequest]:
+    """The ranking model's warmup requests (see the module docstring).
+
+    Args:
+      known_users: a few user ids of the training data (may be empty).
+      item_ids: catalogue item ids (at least one); the batch request cycles through them.
+      model_name: the name in each request's ``model_spec``.
+
+    Raises:
+      ValueError: no item.
+    """
+    if not item_ids:
+        raise ValueError("ranking warmup needs at least one catalogue item")
+    user = known_users[0] if known_users else UNKNOWN_USER
+    size = config.RANKING_CANDIDATES
+    candidates = [item_ids[row % len(item_ids)] for row in range(size - 1)] + [UNKNOWN_ITEM]
+    users = [user] * (size - 1) + [UNKNOWN_USER]
+
+    def rank(users: list[str], items: list[str], scene: str, context: str) -> predict_pb2.PredictRequest:
+        return predict_request(features.SIGNATURE_RANK, {
+            features.USER_ID: users, features.ITEM_ID: items, features.SCENE: [scene] * len(items),
+            features.POSITION: np.zeros(len(items), np.int64), features.CONTEXT_ITEM_ID: [context] * len(items),
+            features.RETRIEVAL_SCORE: np.linspace(1.0, 0.0, len(items), dtype=np.float32)}, model_name)
+
+    return [rank([user], [item_ids[0]], "home", features.NO_ITEM),
+            rank(users, candidates, "detail", item_ids[0])]
 
 
 def write_warmup_file(export_dir: str, requests: Sequence[predict_pb2.PredictRequest]) -> str:

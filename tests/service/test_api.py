@@ -253,7 +253,8 @@ def test_events_single_batch_duplicates_and_attribution(service: Service) -> Non
 
 def test_health_metrics_and_openapi(service: Service, model_server: ModelServer, shop: Shop) -> None:
     health = ok_json(requests.get(service.url + "/healthz", timeout=30))
-    assert health == {"status": "ok", "model_version": model_server.version, "feature_store": "redis",
+    assert health == {"status": "ok", "model_version": model_server.version, "ranking_model_version": None,
+                      "feature_store": "redis",
                       "event_log": "sqlite synchronous=FULL journal_mode=wal",
                       "catalogue_items": len(shop.items), "problems": []}
     metrics = requests.get(service.url + "/metrics", timeout=30)

@@ -10,6 +10,7 @@ server is stopped.
 from __future__ import annotations
 
 import dataclasses
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -61,7 +62,8 @@ def ranking_setup(trained_run: TrainedRun, model_server: ModelServer,
         service = start_service(trained_run, model_server.grpc_url, work_dir, "--event_log",
                                 str(work_dir / "events.sqlite"), "--ranking_model_url",
                                 f"grpc://127.0.0.1:{grpc_port}", "--model_poll_seconds", "1")
-        wait_healthy(service)
+        wait_healthy(service)  # healthy: both models have a version
+        assert requests.get(f"{service.url}/healthz", timeout=5).json()["ranking_model_version"] == version
         yield RankingSetup(ranking_server, f"grpc://127.0.0.1:{grpc_port}", version, service)
     finally:
         if service is not None:
@@ -181,6 +183,12 @@ def test_a_ranking_model_outage_degrades_with_a_warning(ranking_setup: RankingSe
         assert scores == sorted(scores, reverse=True)
         assert {item["item_id"] for item in body["items"]} != set() and scores[0] < 1.0
         assert requests.get(f"{ranking_setup.service.url}/healthz", timeout=5).status_code == 200
+    deadline = time.monotonic() + 30  # the poller (every second) finds the server gone
+    while (health := requests.get(f"{ranking_setup.service.url}/healthz", timeout=5).json())["status"] == "ok":
+        assert time.monotonic() < deadline, health
+        time.sleep(0.3)
+    assert health["ranking_model_version"] is None and health["model_version"] is not None
+    assert health["problems"] == ["no ranking model version available: answers keep the retrieval order"]
     metrics = requests.get(f"{ranking_setup.service.url}/metrics", timeout=5).text
     degraded = [line for line in metrics.splitlines()
                 if line.startswith('shoprec_degraded_total{component="ranking_model"}')]

@@ -8,9 +8,10 @@ import pytest
 import tensorflow as tf
 import tensorflow_recommenders as tfrs
 
+from serving import servable
 from shoprec import features as F
-from shoprec.config import RankingConfig
-from shoprec.model import ranking
+from shoprec.config import RANKING_CANDIDATES, RankingConfig
+from shoprec.model import ranking, warmup
 
 VOCABULARY = 8
 ROWS = {f.transformed_name: VOCABULARY for f in F.RANKING_FEATURES if f.kind == "categorical"}
@@ -85,3 +86,44 @@ def test_bad_arguments_are_refused() -> None:
         ranking.RankingModel(missing)
     with pytest.raises(ValueError, match="cross_layers must be >= 1"):
         RankingConfig(cross_layers=0)
+
+
+class HashedFeatures(tf.keras.layers.Layer):
+    """Stands in for the ranking Transform's layer: raw ``[B, 1]`` features -> transformed ``[B]``
+    (categorical values hashed into the test's vocabulary)."""
+
+    def call(self, raw: dict[str, tf.Tensor]) -> dict[str, tf.Tensor]:
+        transformed = {}
+        for feature in F.RANKING_FEATURES:
+            value = tf.reshape(raw[feature.name], [-1])
+            if feature.kind == "categorical":
+                value = tf.strings.to_hash_bucket_fast(value, VOCABULARY)
+            elif feature.kind == "numeric":
+                value = tf.cast(value, tf.float32)
+            transformed[feature.transformed_name] = value
+        return transformed
+
+
+def test_the_export_writes_warmup_requests_the_model_server_replays(tmp_path) -> None:
+    # Without them a model server's first rank call of a new version runs the graph for the first
+    # time, past the service's 0.5 s deadline on a busy machine: those answers kept the retrieval order.
+    model = ranking.RankingModel(ROWS)
+    model(batch(4))
+    items = np.array([f"i{n}" for n in range(50)])
+    catalogue = {F.ITEM_ID: items, F.CATEGORY: np.array(["c"] * 50), F.BRAND: np.array(["b"] * 50),
+                 F.PRICE: np.linspace(1.0, 50.0, 50)}
+    export_dir = str(tmp_path / "ranking")
+    ranking.RankingServingModule(HashedFeatures(), model, catalogue, np.array(["u0", "u1"]),
+                                 np.array(["18-24", "25-34"])).save(export_dir)
+    logs = warmup.read_warmup_file(export_dir)
+    requests = [log.predict_log.request for log in logs]
+    assert {request.model_spec.signature_name for request in requests} == {F.SIGNATURE_RANK}
+    assert {request.model_spec.name for request in requests} == {"shoprec_ranking"}
+    sizes = sorted(request.inputs[F.ITEM_ID].tensor_shape.dim[0].size for request in requests)
+    assert sizes == [1, RANKING_CANDIDATES]  # one candidate, and the most the service sends
+    assert servable.Servable.load("shoprec_ranking", 1, export_dir).warmup() == len(logs)
+
+
+def test_ranking_warmup_needs_an_item() -> None:
+    with pytest.raises(ValueError, match="at least one catalogue item"):
+        warmup.ranking_requests(["u0"], [])
