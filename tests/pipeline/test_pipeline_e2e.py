@@ -280,14 +280,15 @@ def test_real_rees46_logs_run_through_the_pipeline(tmp_path):
     report = importer.import_logs("rees46", REES46, data_dir)
     assert report.events_written == report.rows_read == 17_434
     output_dir = str(tmp_path / "out")
+    # The retrieval branch only: the ranking branch took 85 of the run's 136 component seconds, and
+    # its rule for logs without impressions (each click and 4 sampled unclicked items) is tested in
+    # tests/components/test_ranking_example_gen.py.
     assert local_runner.main(["--output_dir", output_dir, "--data_dir", data_dir,
-                              "--epochs", "1"]) == 0
+                              "--epochs", "1", "--no_ranking"]) == 0
     with open(os.path.join(output_dir, "run_summary.json")) as f:
         summary = json.load(f)
     assert {c["state"] for c in summary["components"].values()} == {"COMPLETE"}
-    # No impressions.csv: the ranking examples are each click and 4 sampled unclicked items.
-    overall = summary["ranking"]["evaluation"]["overall"]
-    assert overall["example_count"] > 1000 and 0.2 <= overall["mean_label"] <= 0.25
+    assert not RANKING_NODES & set(summary["components"])
     assert "category values" in summary["schema"] and "brand values" in summary["schema"]
     assert summary["disabled_features"] == [F.AGE_GROUP]  # the sample has no age groups
     users = summary["metrics"]["model"]["all"]["users"]
