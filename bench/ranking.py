@@ -17,7 +17,9 @@
 * **``POST /recommend`` latency** at concurrency 8 (home scene, k 10, 200 candidates ranked):
   the model server serving both models (``models.config``, batching as deployed) and the service
   with the ranking model, then the same service without it (``--ranking_model_name ''``), in the
-  same run: p50/p99 and QPS of each, and the difference (the cost of the ranking call).
+  same run: p50/p99 and QPS of each, and the difference (the cost of the ranking call). Then the
+  service with ranking and 2 BLAS threads (``--blas_threads 2``, NumPy's default here) against
+  the default of 1.
 """
 
 from __future__ import annotations
@@ -257,7 +259,8 @@ def latency(run_dir: str, seconds: float, concurrency: int, warmup_seconds: floa
     with recommend.running(server, os.path.join(work, "model_server.log"), ready, "AVAILABLE"):
         recommend._wait_for(f"http://127.0.0.1:{rest_port}/v1/models/{config.MODEL_NAME}",
                             _NeverExits(), os.path.join(work, "model_server.log"), "AVAILABLE")
-        for name, extra in (("retrieval_only", ["--ranking_model_name", ""]), ("with_ranking", [])):
+        for name, extra in (("retrieval_only", ["--ranking_model_name", ""]), ("with_ranking", []),
+                            ("with_ranking_2_blas_threads", ["--blas_threads", "2"])):
             api_port = portpicker.pick_unused_port()
             service = [sys.executable, "-m", "service.app", "--data_dir", data_dir,
                        "--model_url", f"grpc://127.0.0.1:{grpc_port}", "--event_log",
@@ -267,19 +270,21 @@ def latency(run_dir: str, seconds: float, concurrency: int, warmup_seconds: floa
                                    f"http://127.0.0.1:{api_port}/healthz", '"ok"'):
                 sample = requests.post(f"http://127.0.0.1:{api_port}/recommend", data=bodies[0],
                                        headers={"Content-Type": "application/json"}, timeout=10).json()
-                if name == "with_ranking" and sample.get("ranking_model_version") is None:
+                if name.startswith("with_ranking") and sample.get("ranking_model_version") is None:
                     raise RuntimeError(f"the service did not rank: {sample.get('warnings')}")
                 recommend.drive(api_port, bodies, concurrency, warmup_seconds)
                 summary = recommend.summarise(recommend.drive(api_port, bodies, concurrency, seconds), concurrency)
                 summary["ranking_model_version"] = sample.get("ranking_model_version")
                 results[name] = summary
                 print(name, json.dumps(summary), flush=True)
-    ranked, plain = results["with_ranking"], results["retrieval_only"]
+    ranked, plain, threaded = results["with_ranking"], results["retrieval_only"], results["with_ranking_2_blas_threads"]
     return {"scene": "home", "k": 10, "candidates_ranked": config.RANKING_CANDIDATES,
             "pool_size": 200, "concurrency": concurrency, "seconds": seconds, "results": results,
             "ranking_cost": {"p50_ms": round(ranked["p50_ms"] - plain["p50_ms"], 2),
                              "p99_ms": round(ranked["p99_ms"] - plain["p99_ms"], 2),
                              "qps_ratio": round(ranked["qps"] / plain["qps"], 3)},
+            "blas_threads_1_over_2": {"p99_ratio": round(ranked["p99_ms"] / threaded["p99_ms"], 3),
+                                      "qps_ratio": round(ranked["qps"] / threaded["qps"], 3)},
             "note": "model server, service and load generator share the machine's cores"}
 
 

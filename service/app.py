@@ -158,6 +158,22 @@ def check_exposure(settings: ServiceSettings) -> str:
             f"this port can post events (training data); --allow_unauthenticated was given")
 
 
+def limit_blas_threads(threads: int) -> str:
+    """Limits the process's BLAS libraries to ``threads`` threads; returns what they report after.
+
+    The service's NumPy products are small (the ranking stage's retrieval scores are 200
+    candidates x 64 dimensions): BLAS threads on them synchronise across the cores that the
+    requests and the model server need. bench/ranking.py measured ``/recommend`` with ranking at
+    concurrency 8 with 1 and with 2 threads in one run (docs/ranking.md).
+    """
+    import numpy  # noqa: F401  (loads its BLAS library first: the limit applies to loaded libraries)
+    from threadpoolctl import threadpool_info, threadpool_limits
+
+    threadpool_limits(threads, user_api="blas")
+    pools = [pool for pool in threadpool_info() if pool["user_api"] == "blas"]
+    return ", ".join(f"{pool['internal_api']} {pool['num_threads']} thread(s)" for pool in pools) or "none loaded"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Builds the service and serves until SIGINT or SIGTERM."""
     args = build_parser().parse_args(argv)
@@ -184,6 +200,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         _log.warning(exposure)
     else:
         _log.info(exposure)
+    _log.info("BLAS: %s", limit_blas_threads(settings.blas_threads))
     components = build_components(settings)
     _log.info("catalogue: %d items; routing: %s; feature store: %s; event log: %s %s (%s)",
               len(components.service.catalogue), json.dumps(sorted(components.service.routing.scenes)),

@@ -51,6 +51,9 @@ class ServiceSettings:
     rate_limit_burst: int = 400
     allow_unauthenticated: bool = False
     experiments: str | None = None
+    # Requests are the service's concurrency: BLAS threads on its small products (200 candidates x
+    # 64 dimensions) only wait on each other beside the model server (docs/service.md).
+    blas_threads: int = 1
 
     @property
     def auth_required(self) -> bool:
@@ -121,6 +124,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help=f"an experiment file or a folder of them (*.yaml, *.yml, *.json; see "
                              f"docs/experiments.md): /recommend then assigns arms and logs exposures. "
                              f"Alternatively ${EXPERIMENTS_ENV}")
+    parser.add_argument("--blas_threads", type=int, default=defaults.blas_threads,
+                        help="BLAS (NumPy) threads of the process; requests are the concurrency, and more "
+                             "threads on the service's small products wait on each other")
     parser.add_argument("--log_level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     return parser
 
@@ -130,10 +136,12 @@ def settings_from_args(args: argparse.Namespace, environ: Mapping[str, str] | No
 
     Raises:
       OSError: the API key file cannot be read.
-      ValueError: the API key file holds no key.
+      ValueError: the API key file holds no key, or ``--blas_threads`` is below 1.
     """
     from service.auth import load_api_keys
 
+    if args.blas_threads < 1:
+        raise ValueError(f"--blas_threads must be >= 1, got {args.blas_threads}")
     return ServiceSettings(
         data_dir=args.data_dir, model_url=args.model_url, model_name=args.model_name, redis_url=args.redis_url,
         event_log=args.event_log, routing_file=args.routing, denylist_file=args.denylist,
@@ -147,4 +155,5 @@ def settings_from_args(args: argparse.Namespace, environ: Mapping[str, str] | No
         rate_limit_per_second=args.rate_limit_per_second, rate_limit_burst=args.rate_limit_burst,
         allow_unauthenticated=args.allow_unauthenticated, ranking_model_name=args.ranking_model_name,
         ranking_model_url=args.ranking_model_url, ranking_candidates=args.ranking_candidates,
-        experiments=args.experiments or (os.environ if environ is None else environ).get(EXPERIMENTS_ENV) or None)
+        experiments=args.experiments or (os.environ if environ is None else environ).get(EXPERIMENTS_ENV) or None,
+        blas_threads=args.blas_threads)

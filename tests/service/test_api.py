@@ -278,6 +278,19 @@ def test_help_lists_the_flags() -> None:
         assert flag in completed.stdout
 
 
+def test_the_service_runs_blas_single_threaded(service: Service) -> None:
+    # With 2 BLAS threads the ranking stage's 200 x 64 products waited on each other beside the
+    # model server: bench/ranking.py, /recommend with ranking at concurrency 8 (docs/ranking.md).
+    assert "BLAS: openblas 1 thread(s)" in service.process.log()
+
+
+def test_blas_threads_below_one_are_refused() -> None:
+    completed = subprocess.run([sys.executable, "-m", "service.app", "--data_dir", "nowhere", "--blas_threads", "0"],
+                               cwd=REPO_ROOT, capture_output=True, text=True, timeout=120)
+    assert completed.returncode != 0
+    assert "error: --blas_threads must be >= 1, got 0" in completed.stderr
+
+
 def test_without_a_model_server_the_service_degrades_but_answers(trained_run: TrainedRun, shop: Shop,
                                                                   tmp_path: Path) -> None:
     dead = f"http://127.0.0.1:{portpicker.pick_unused_port()}"
