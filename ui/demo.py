@@ -27,6 +27,7 @@ import urllib.request
 from collections.abc import Sequence
 from pathlib import Path
 from types import FrameType
+from typing import IO
 
 from serving import model_config
 from shoprec import config
@@ -141,6 +142,28 @@ def spawn(name: str, command: Sequence[str], log_dir: Path, env: dict[str, str])
     return Child(name, process, log_path)
 
 
+def relay_output(child: Child, out: IO[str], offset: int = 0, poll_s: float = 0.5) -> int:
+    """Waits for ``child`` to exit, copying each new line of its log from byte ``offset`` on to
+    ``out`` (indented) as it is written; returns the exit status.
+
+    The pipeline's log is its run console: one line per component, then the run's summary (the
+    full logs go to the run's own ``logs/pipeline.log``).
+    """
+    while True:
+        status = child.process.poll()
+        with open(child.log_path, "rb") as log:
+            log.seek(offset)
+            chunk = log.read()
+        complete = chunk if status is not None else chunk[:chunk.rfind(b"\n") + 1]  # whole lines only
+        for line in complete.decode("utf-8", "replace").splitlines():
+            if line.strip():
+                print(f"  {line.rstrip()}", file=out, flush=True)
+        offset += len(complete)
+        if status is not None:
+            return status
+        time.sleep(poll_s)
+
+
 def wait_ready(child: Child, url: str, expect: str, timeout_s: float = READY_TIMEOUT_S) -> None:
     """Waits until GET ``url`` answers 200 with ``expect`` in its body; DemoError if the child dies."""
     deadline = time.monotonic() + timeout_s
@@ -186,8 +209,10 @@ def run(args: argparse.Namespace) -> int:
             command = pipeline_command(args)
             print(f"demo: no pushed model in {output_dir}; running the pipeline (log: {log_dir / 'pipeline.log'})",
                   flush=True)
+            previous_log = log_dir / "pipeline.log"  # appended to: relay only this run's lines
+            offset = previous_log.stat().st_size if previous_log.exists() else 0
             children.append(spawn("pipeline", command, log_dir, env))
-            status = children[-1].process.wait()
+            status = relay_output(children[-1], sys.stdout, offset)
             children.pop()
             if status != 0 or not pushed_versions(output_dir):
                 raise DemoError(f"the pipeline {'failed' if status else 'pushed no model'} "

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import io
 import json
+import os
+import sys
 from pathlib import Path
 
 import portpicker
@@ -112,3 +115,18 @@ def test_demo_refuses_a_taken_port_naming_the_flag() -> None:
         port = taken.getsockname()[1]
         with pytest.raises(demo.DemoError, match=f"port {port} .* --ui_port"):
             demo.check_port_free("127.0.0.1", port, "--ui_port")
+
+
+def test_demo_relays_the_pipelines_console_lines_as_they_come(tmp_path: Path) -> None:
+    # Before, the demo printed one line and nothing more during its 5-minute pipeline run.
+    (tmp_path / "pipeline.log").write_text("a line of an earlier run\n")
+    script = ("import sys, time\n"
+              "print('  EventsExampleGen   done   1.0 s', flush=True)\n"
+              "time.sleep(0.6)\n"
+              "print('', flush=True)\n"
+              "sys.stdout.write('  Trainer   done   2.0 s')  # no newline: the last line still comes\n"
+              "sys.exit(3)\n")
+    child = demo.spawn("pipeline", [sys.executable, "-c", script], tmp_path, dict(os.environ))
+    out = io.StringIO()
+    assert demo.relay_output(child, out, offset=len("a line of an earlier run\n"), poll_s=0.1) == 3
+    assert out.getvalue().splitlines() == ["    EventsExampleGen   done   1.0 s", "    Trainer   done   2.0 s"]
