@@ -108,6 +108,7 @@ class Child:
     name: str
     process: subprocess.Popen
     log_path: Path
+    log_start: int = 0  # the log's size when the child started (logs are appended to)
 
     def log_tail(self, chars: int = 3000) -> str:
         """The end of the child's log."""
@@ -137,18 +138,20 @@ def spawn(name: str, command: Sequence[str], log_dir: Path, env: dict[str, str])
     """Starts ``command`` from the repository root in a new process group, output to ``<name>.log``."""
     log_path = log_dir / f"{name}.log"
     with open(log_path, "ab") as log:  # a file, not a pipe: a full pipe would block the server
+        start = log.tell()
         process = subprocess.Popen(list(command), cwd=REPO_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
                                    stdin=subprocess.DEVNULL, start_new_session=True)
-    return Child(name, process, log_path)
+    return Child(name, process, log_path, start)
 
 
-def relay_output(child: Child, out: IO[str], offset: int = 0, poll_s: float = 0.5) -> int:
-    """Waits for ``child`` to exit, copying each new line of its log from byte ``offset`` on to
-    ``out`` (indented) as it is written; returns the exit status.
+def relay_output(child: Child, out: IO[str], poll_s: float = 0.5) -> int:
+    """Waits for ``child`` to exit, copying each line it writes to its log to ``out`` (indented)
+    as it comes; returns the exit status.
 
     The pipeline's log is its run console: one line per component, then the run's summary (the
     full logs go to the run's own ``logs/pipeline.log``).
     """
+    offset = child.log_start
     while True:
         status = child.process.poll()
         with open(child.log_path, "rb") as log:
@@ -209,10 +212,8 @@ def run(args: argparse.Namespace) -> int:
             command = pipeline_command(args)
             print(f"demo: no pushed model in {output_dir}; running the pipeline (log: {log_dir / 'pipeline.log'})",
                   flush=True)
-            previous_log = log_dir / "pipeline.log"  # appended to: relay only this run's lines
-            offset = previous_log.stat().st_size if previous_log.exists() else 0
             children.append(spawn("pipeline", command, log_dir, env))
-            status = relay_output(children[-1], sys.stdout, offset)
+            status = relay_output(children[-1], sys.stdout)
             children.pop()
             if status != 0 or not pushed_versions(output_dir):
                 raise DemoError(f"the pipeline {'failed' if status else 'pushed no model'} "

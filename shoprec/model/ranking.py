@@ -31,7 +31,6 @@ from shoprec.model import warmup
 
 CLICK_LOGIT = "click_logit"
 PURCHASE_LOGIT = "purchase_logit"
-_WARMUP_USERS = 3  # known users the warmup requests may use
 
 
 class RankingModel(tfrs.models.Model):
@@ -152,7 +151,7 @@ class RankingServingModule(tf.Module):
         self.prices = _table(item_ids, np.asarray(catalogue[features.PRICE], np.float32),
                              float(np.median(catalogue[features.PRICE])))
         self.age_groups = _table(user_ids, np.asarray(age_groups).astype(str), features.UNKNOWN)
-        self._warmup = _WarmupSample(tuple(np.asarray(user_ids).astype(str)[:_WARMUP_USERS]),
+        self._warmup = _WarmupSample(tuple(np.asarray(user_ids).astype(str)[:1]),
                                      tuple(np.asarray(item_ids).astype(str)[:RANKING_CANDIDATES]))
 
     def _predict(self, raw: dict[str, tf.Tensor]) -> dict[str, tf.Tensor]:

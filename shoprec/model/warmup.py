@@ -91,16 +91,15 @@ def ranking_requests(known_users: Sequence[str], item_ids: Sequence[str],
     user = known_users[0] if known_users else UNKNOWN_USER
     size = config.RANKING_CANDIDATES
     candidates = [item_ids[row % len(item_ids)] for row in range(size - 1)] + [UNKNOWN_ITEM]
-    users = [user] * (size - 1) + [UNKNOWN_USER]
 
-    def rank(users: list[str], items: list[str], scene: str, context: str) -> predict_pb2.PredictRequest:
+    def rank(request_users: list[str], items: list[str], scene: str, context: str) -> predict_pb2.PredictRequest:
         return predict_request(features.SIGNATURE_RANK, {
-            features.USER_ID: users, features.ITEM_ID: items, features.SCENE: [scene] * len(items),
+            features.USER_ID: request_users, features.ITEM_ID: items, features.SCENE: [scene] * len(items),
             features.POSITION: np.zeros(len(items), np.int64), features.CONTEXT_ITEM_ID: [context] * len(items),
             features.RETRIEVAL_SCORE: np.linspace(1.0, 0.0, len(items), dtype=np.float32)}, model_name)
 
-    return [rank([user], [item_ids[0]], "home", features.NO_ITEM),
-            rank(users, candidates, "detail", item_ids[0])]
+    return [rank([user], [item_ids[0]], features.HOME_SCENE, features.NO_ITEM),
+            rank([user] * (size - 1) + [UNKNOWN_USER], candidates, features.DETAIL_SCENE, item_ids[0])]
 
 
 def write_warmup_file(export_dir: str, requests: Sequence[predict_pb2.PredictRequest]) -> str:

@@ -10,7 +10,7 @@ import tensorflow_recommenders as tfrs
 
 from serving import servable
 from shoprec import features as F
-from shoprec.config import RANKING_CANDIDATES, RankingConfig
+from shoprec.config import RANKING_CANDIDATES, RANKING_MODEL_NAME, RankingConfig
 from shoprec.model import ranking, warmup
 
 VOCABULARY = 8
@@ -118,10 +118,10 @@ def test_the_export_writes_warmup_requests_the_model_server_replays(tmp_path) ->
     logs = warmup.read_warmup_file(export_dir)
     requests = [log.predict_log.request for log in logs]
     assert {request.model_spec.signature_name for request in requests} == {F.SIGNATURE_RANK}
-    assert {request.model_spec.name for request in requests} == {"shoprec_ranking"}
+    assert {request.model_spec.name for request in requests} == {RANKING_MODEL_NAME}
     sizes = sorted(request.inputs[F.ITEM_ID].tensor_shape.dim[0].size for request in requests)
     assert sizes == [1, RANKING_CANDIDATES]  # one candidate, and the most the service sends
-    assert servable.Servable.load("shoprec_ranking", 1, export_dir).warmup() == len(logs)
+    assert servable.Servable.load(RANKING_MODEL_NAME, 1, export_dir).warmup() == len(logs)
 
 
 def test_ranking_warmup_needs_an_item() -> None:

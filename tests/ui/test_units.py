@@ -128,5 +128,5 @@ def test_demo_relays_the_pipelines_console_lines_as_they_come(tmp_path: Path) ->
               "sys.exit(3)\n")
     child = demo.spawn("pipeline", [sys.executable, "-c", script], tmp_path, dict(os.environ))
     out = io.StringIO()
-    assert demo.relay_output(child, out, offset=len("a line of an earlier run\n"), poll_s=0.1) == 3
+    assert demo.relay_output(child, out, poll_s=0.1) == 3
     assert out.getvalue().splitlines() == ["    EventsExampleGen   done   1.0 s", "    Trainer   done   2.0 s"]
