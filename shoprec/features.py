@@ -175,6 +175,7 @@ SCENE = "scene"  # where the slate was shown (home, detail, cart ...)
 POSITION = "position"  # 0-based slot in the slate
 PROPENSITY = "propensity"  # logging policy's probability of this item at this slot, given the slots above
 CONTEXT_ITEM_ID = "context_item_id"  # the item the page was about ("" on pages about no item)
+CONTEXT_CATEGORY = "context_category"  # derived: the category of the page's item ("" on pages about no item)
 CLICKED = "clicked"  # 1: the shown item was clicked from the slate
 PURCHASED = "purchased"  # 1: ... and then bought
 RETRIEVAL_SCORE = "retrieval_score"  # derived: cosine of the two-tower query and item embeddings
@@ -217,6 +218,10 @@ class RankingFeature:
       oov_buckets: OOV buckets of a vocabulary.
       request: the serving signature takes it; otherwise the model looks it up (item attributes
         from the catalogue, the age group from the user snapshot).
+      shares: name of another categorical feature whose vocabulary this one is mapped with, and
+        whose embedding the DCN uses for it (``context_category`` shares ``category``'s, so the
+        cross layers see the page's category and the item's in the same space and can learn
+        their match); the logistic baseline keeps a weight of its own per value.
     """
 
     name: str
@@ -225,6 +230,7 @@ class RankingFeature:
     embedding_dim: int = 8
     oov_buckets: int = 1
     request: bool = True
+    shares: str | None = None
 
     @property
     def transformed_name(self) -> str:
@@ -233,8 +239,8 @@ class RankingFeature:
 
     @property
     def vocabulary_name(self) -> str:
-        """The ranking Transform's vocabulary file of a categorical feature."""
-        return f"ranking_{self.name}_vocab"
+        """The ranking Transform's vocabulary file of a categorical feature (the shared one's, if any)."""
+        return f"ranking_{self.shares or self.name}_vocab"
 
 
 MAX_POSITION = 19  # positions beyond share one embedding row
@@ -248,9 +254,16 @@ RANKING_FEATURES: tuple[RankingFeature, ...] = (
     RankingFeature(SCENE, "string", "categorical", embedding_dim=4),
     RankingFeature(POSITION, "int64", "position", embedding_dim=4),
     RankingFeature(CONTEXT_ITEM_ID, "string", "categorical", embedding_dim=16),
+    RankingFeature(CONTEXT_CATEGORY, "string", "categorical", request=False, shares=CATEGORY),
     RankingFeature(RETRIEVAL_SCORE, "float", "numeric"),
 )
 RANKING_FEATURES_BY_NAME: dict[str, RankingFeature] = {f.name: f for f in RANKING_FEATURES}
+for _feature in RANKING_FEATURES:
+    if _feature.shares is not None and (RANKING_FEATURES_BY_NAME.get(_feature.shares) is None or _feature.kind
+                                        != "categorical" or RANKING_FEATURES_BY_NAME[_feature.shares].kind
+                                        != "categorical"):
+        raise ValueError(f"ranking feature {_feature.name} shares {_feature.shares!r}: both must be declared "
+                         f"categorical ranking features")
 RANKING_REQUEST_FEATURES: tuple[RankingFeature, ...] = tuple(f for f in RANKING_FEATURES if f.request)
 RANKING_LABELS: tuple[str, ...] = (CLICKED, PURCHASED)
 # Carried in ranking examples for slicing and offline metrics, not read by the model.

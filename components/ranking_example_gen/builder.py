@@ -101,6 +101,17 @@ def sampled_impressions(events: pd.DataFrame, negatives: int, seed: int = 0) -> 
     return pd.DataFrame(rows, columns=[c.name for c in features.IMPRESSION_COLUMNS])
 
 
+def context_categories(context_item_ids: pd.Series, items: pd.DataFrame) -> np.ndarray:
+    """``[N]`` the category of each impression's page item, as the ranking export looks it up.
+
+    ``features.NO_ITEM`` on a page about no item, ``features.UNKNOWN`` for an item not in
+    ``items`` (the serving table's default).
+    """
+    category_of = items.set_index(features.ITEM_ID)[features.CATEGORY]
+    found = context_item_ids.map(category_of).fillna(features.UNKNOWN).to_numpy(object)
+    return np.where(context_item_ids.to_numpy(object) == features.NO_ITEM, features.NO_ITEM, found)
+
+
 def histories_at(events: pd.DataFrame, impressions: pd.DataFrame, history_length: int) -> list[tuple[str, ...]]:
     """Each impression's behaviour sequence: the user's items of events strictly before it.
 
@@ -148,7 +159,8 @@ def build_examples(data_dir: str, eval_fraction: float, history_length: int,
 
     Returns:
       ``{"train": rows, "eval": rows}``; columns: the impression's, the item's attributes, the
-      user's age group, ``history`` (tuple of item ids), ``user_segment``. No retrieval score yet.
+      page item's category (:func:`context_categories`), the user's age group, ``history``
+      (tuple of item ids), ``user_segment``. No retrieval score yet.
 
     Raises:
       canonical.DataError: an impression on an item not in ``items.csv``, or a bad column.
@@ -171,6 +183,7 @@ def build_examples(data_dir: str, eval_fraction: float, history_length: int,
                                   f"{features.ITEMS_FILE}")
     rows = rows.merge(users[[features.USER_ID, features.AGE_GROUP]], on=features.USER_ID, how="left")
     rows[features.AGE_GROUP] = rows[features.AGE_GROUP].fillna(features.UNKNOWN)
+    rows[features.CONTEXT_CATEGORY] = context_categories(rows[features.CONTEXT_ITEM_ID], items)
     rows[features.HISTORY] = histories_at(events, rows, history_length)
     cutoff = point_in_time.time_cutoff(events[features.TIMESTAMP].to_numpy(np.int64), eval_fraction)
     returning = set(events.loc[events[features.TIMESTAMP] < cutoff, features.USER_ID])

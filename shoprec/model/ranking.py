@@ -1,8 +1,8 @@
 """The ranking model: a TFRS DCN-v2 that predicts click and purchase of a shown item.
 
 Inputs are the transformed ranking features (``features.RANKING_FEATURES``): embeddings of the
-user, age group, item, category, brand, scene, position and context item, plus the normalised
-log price and the retrieval score. The concatenation ``x0`` ``[B, F]`` goes through
+user, age group, item, category, brand, scene, position, context item and context category (in
+the category's embedding table), plus the normalised log price and the retrieval score. The concatenation ``x0`` ``[B, F]`` goes through
 ``cross_layers`` :class:`tfrs.layers.dcn.Cross` layers (``x_{l+1} = x0 * (W x_l + b) + x_l``),
 then a ReLU MLP, then two logits: click and purchase (both per impression: P(purchase) is
 P(click and buy)). The loss is ``BCE(click) + purchase_weight * BCE(purchase)``.
@@ -54,11 +54,19 @@ class RankingModel(tfrs.models.Model):
         self.kind = kind
         self._purchase_weight = config.purchase_weight
         self._embeddings: dict[str, tf.keras.layers.Layer] = {}
+        # transformed input -> the embedding table it is looked up in (the DCN's shared features
+        # use their owner's table)
+        self._table_of: dict[str, str] = {}
         width = 1 if kind == "logistic" else None
         l2 = config.l2 if kind == "dcn" else config.baseline_l2
         for feature in features.RANKING_FEATURES:
             if feature.kind == "numeric":
                 continue
+            if feature.shares and kind == "dcn":
+                self._table_of[feature.transformed_name] = features.RANKING_FEATURES_BY_NAME[
+                    feature.shares].transformed_name
+                continue
+            self._table_of[feature.transformed_name] = feature.transformed_name
             if feature.kind == "position":
                 rows = features.MAX_POSITION + 1
             elif feature.transformed_name in vocabulary_rows:
@@ -87,7 +95,7 @@ class RankingModel(tfrs.models.Model):
     def call(self, inputs: dict[str, tf.Tensor]) -> dict[str, tf.Tensor]:
         """Transformed features (each ``[B]``) -> ``{click_logit, purchase_logit}``, each ``[B]``."""
         numeric = tf.stack([tf.cast(inputs[name], tf.float32) for name in self._numeric], axis=1)  # [B, N]
-        embedded = [layer(inputs[name]) for name, layer in self._embeddings.items()]
+        embedded = [self._embeddings[table](inputs[name]) for name, table in self._table_of.items()]
         if self.kind == "logistic":
             logits = tf.add_n(embedded) + self._head(numeric)  # [B, 2]
         else:
@@ -169,12 +177,15 @@ class RankingServingModule(tf.Module):
         tf.TensorSpec([None], tf.float32, name=features.RETRIEVAL_SCORE)])
     def rank(self, user_id: tf.Tensor, item_id: tf.Tensor, scene: tf.Tensor, position: tf.Tensor,
              context_item_id: tf.Tensor, retrieval_score: tf.Tensor) -> dict[str, tf.Tensor]:
+        # the rule of builder.context_categories: none on a page about no item, unknown for an unknown item
+        context_category = tf.where(tf.equal(context_item_id, features.NO_ITEM), features.NO_ITEM,
+                                    self.categories.lookup(context_item_id))
         return self._predict({
             features.USER_ID: user_id, features.AGE_GROUP: self.age_groups.lookup(user_id),
             features.ITEM_ID: item_id, features.CATEGORY: self.categories.lookup(item_id),
             features.BRAND: self.brands.lookup(item_id), features.PRICE: self.prices.lookup(item_id),
             features.SCENE: scene, features.POSITION: position, features.CONTEXT_ITEM_ID: context_item_id,
-            features.RETRIEVAL_SCORE: retrieval_score})
+            features.CONTEXT_CATEGORY: context_category, features.RETRIEVAL_SCORE: retrieval_score})
 
     @tf.function(autograph=False, input_signature=[tf.TensorSpec([None], tf.string, name="examples")])
     def score_examples(self, examples: tf.Tensor) -> dict[str, tf.Tensor]:

@@ -66,6 +66,16 @@ def test_rows_keep_the_labels_and_join_item_and_user_attributes(tmp_path: Path) 
     assert rows.loc["m3", F.CONTEXT_ITEM_ID] == F.NO_ITEM
 
 
+def test_the_page_category_is_the_context_items_none_without_one_unknown_for_an_unknown_item(
+        tmp_path: Path) -> None:
+    splits = builder.build_examples(write_shop(tmp_path), EVAL_FRACTION, history_length=5, sampled_negatives=4)
+    rows = pd.concat(splits.values()).set_index(F.EVENT_ID)
+    assert rows.loc["m1", F.CONTEXT_CATEGORY] == "a"  # context i2 is in category a
+    assert rows.loc["m3", F.CONTEXT_CATEGORY] == F.NO_ITEM
+    items = pd.DataFrame({F.ITEM_ID: ["i1"], F.CATEGORY: ["a"]})
+    assert list(builder.context_categories(pd.Series(["i1", "", "gone"]), items)) == ["a", F.NO_ITEM, F.UNKNOWN]
+
+
 def test_histories_hold_only_events_strictly_before_the_impression(tmp_path: Path) -> None:
     splits = builder.build_examples(write_shop(tmp_path), EVAL_FRACTION, history_length=5, sampled_negatives=4)
     rows = pd.concat(splits.values()).set_index(F.EVENT_ID)

@@ -4,6 +4,7 @@ cross layers learn an interaction a logistic regression on the same features can
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 import pytest
 import tensorflow as tf
 import tensorflow_recommenders as tfrs
@@ -77,6 +78,32 @@ def test_cross_layers_learn_an_interaction_the_logistic_baseline_cannot() -> Non
     assert abs(scores["logistic"] - 0.5) < 0.06  # no main effect to find
 
 
+def test_the_dcn_looks_the_page_category_up_in_the_category_table_and_learns_their_match() -> None:
+    # The truth's detail-page clicks stay in the page item's category (slate_stickiness): a match
+    # of two features, which one-hot weights per feature cannot express.
+    category = F.RANKING_FEATURES_BY_NAME[F.CATEGORY].transformed_name
+    context = F.RANKING_FEATURES_BY_NAME[F.CONTEXT_CATEGORY].transformed_name
+
+    def matched(n: int, seed: int) -> dict[str, tf.Tensor]:
+        inputs = batch(n, seed)
+        inputs[F.CLICKED] = tf.cast(tf.equal(inputs[category], inputs[context]), tf.float32)
+        return inputs
+
+    train, test = matched(8192, seed=4), matched(2048, seed=5)
+    scores, tables = {}, {}
+    for kind in ("dcn", "logistic"):
+        tf.keras.utils.set_random_seed(0)
+        model = ranking.RankingModel(ROWS, RankingConfig(l2=0.0, baseline_l2=0.0), kind=kind)
+        model.compile(optimizer=tf.keras.optimizers.Adam(0.01))
+        model.fit(tf.data.Dataset.from_tensor_slices(train).batch(128), epochs=6, verbose=0)
+        scores[kind] = auc(test[F.CLICKED].numpy(), model(test)[ranking.CLICK_LOGIT].numpy())
+        tables[kind] = {layer.name for layer in model.submodules if isinstance(layer, tf.keras.layers.Embedding)}
+    assert "context_category_embedding" not in tables["dcn"]  # the DCN uses category_embedding for both
+    assert "context_category_embedding" in tables["logistic"]  # the baseline: a weight per value of each
+    assert scores["dcn"] > 0.9
+    assert abs(scores["logistic"] - 0.5) < 0.06
+
+
 def test_bad_arguments_are_refused() -> None:
     with pytest.raises(ValueError, match="kind must be dcn or logistic"):
         ranking.RankingModel(ROWS, kind="gbdt")  # type: ignore[arg-type]
@@ -122,6 +149,34 @@ def test_the_export_writes_warmup_requests_the_model_server_replays(tmp_path) ->
     sizes = sorted(request.inputs[F.ITEM_ID].tensor_shape.dim[0].size for request in requests)
     assert sizes == [1, RANKING_CANDIDATES]  # one candidate, and the most the service sends
     assert servable.Servable.load(RANKING_MODEL_NAME, 1, export_dir).warmup() == len(logs)
+
+
+def test_the_request_signature_scores_as_the_ranking_examples_do(tmp_path) -> None:
+    # Training reads the page category that RankingExampleGen wrote; a request carries only the
+    # page item: the export must derive the same value (none, the item's category, unknown).
+    from components.ranking_example_gen import builder
+    from components.ranking_example_gen.component import to_examples
+
+    model = ranking.RankingModel(ROWS)
+    model(batch(4))
+    catalogue = {F.ITEM_ID: np.array(["i0", "i1", "i2"]), F.CATEGORY: np.array(["c0", "c1", "c2"]),
+                 F.BRAND: np.array(["b0", "b1", "b0"]), F.PRICE: np.array([1.0, 5.0, 20.0])}
+    module = ranking.RankingServingModule(HashedFeatures(), model, catalogue, np.array(["u0"]), np.array(["18-24"]))
+    contexts = ["", "i1", "i2", "gone"]
+    rows = pd.DataFrame({F.USER_ID: ["u0"] * 4, F.ITEM_ID: ["i0", "i0", "i1", "i2"], F.SCENE: ["home"] + ["detail"] * 3,
+                         F.POSITION: [0, 1, 2, 3], F.CONTEXT_ITEM_ID: contexts, F.RETRIEVAL_SCORE: [0.1, 0.2, 0.3, 0.4],
+                         F.AGE_GROUP: ["18-24"] * 4, F.BRAND: ["b0", "b0", "b1", "b0"], F.PRICE: [1.0, 1.0, 5.0, 20.0],
+                         F.CATEGORY: ["c0", "c0", "c1", "c2"], F.CLICKED: 0, F.PURCHASED: 0, F.REQUEST_ID: "r",
+                         F.USER_SEGMENT: F.RETURNING, F.TIMESTAMP: 1, F.HISTORY: [()] * 4})
+    rows[F.CONTEXT_CATEGORY] = builder.context_categories(rows[F.CONTEXT_ITEM_ID],
+                                                          pd.DataFrame({F.ITEM_ID: catalogue[F.ITEM_ID],
+                                                                        F.CATEGORY: catalogue[F.CATEGORY]}))
+    from_examples = module.score_examples(tf.constant(to_examples(rows)))[F.OUTPUT_CLICK_PROBABILITY].numpy()
+    requested = module.rank(**{name: tf.constant(rows[name].to_numpy(), dtype) for name, dtype in (
+        (F.USER_ID, tf.string), (F.ITEM_ID, tf.string), (F.SCENE, tf.string), (F.POSITION, tf.int64),
+        (F.CONTEXT_ITEM_ID, tf.string), (F.RETRIEVAL_SCORE, tf.float32))})[F.OUTPUT_CLICK_PROBABILITY].numpy()
+    np.testing.assert_allclose(requested, from_examples, rtol=1e-6)
+    assert len(set(np.round(from_examples, 6))) > 1  # the features reach the model
 
 
 def test_ranking_warmup_needs_an_item() -> None:
