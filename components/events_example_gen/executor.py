@@ -13,12 +13,12 @@ import os
 from typing import Any, Iterable, Iterator
 
 import apache_beam as beam
-import tensorflow as tf
 from apache_beam.transforms import stats
 from google.protobuf import json_format, struct_pb2
 from tfx.components.example_gen import base_example_gen_executor
 from tfx.proto import example_gen_pb2
 
+from components import tf_examples
 from shoprec import features
 from shoprec.data import canonical, point_in_time
 
@@ -43,22 +43,9 @@ def input_folder(exec_properties: dict[str, Any]) -> str:
     return os.path.join(exec_properties["input_base"], os.path.dirname(input_config.splits[0].pattern))
 
 
-def _to_example(event: dict[str, Any], history: list[str]) -> tf.train.Example:
-    """Builds the tf.Example of one event with its point-in-time history."""
-
-    def bytes_feature(values: Iterable[str]) -> tf.train.Feature:
-        return tf.train.Feature(bytes_list=tf.train.BytesList(value=[v.encode() for v in values]))
-
-    feature = {}
-    for name, value in event.items():
-        if isinstance(value, str):
-            feature[name] = bytes_feature([value])
-        elif isinstance(value, int):
-            feature[name] = tf.train.Feature(int64_list=tf.train.Int64List(value=[value]))
-        else:
-            feature[name] = tf.train.Feature(float_list=tf.train.FloatList(value=[value]))
-    feature[features.HISTORY] = bytes_feature(history)
-    return tf.train.Example(features=tf.train.Features(feature=feature))
+# The declared type of every column an event's example holds (besides the history).
+_COLUMN_DTYPES: dict[str, features.Dtype] = {column.name: column.dtype for column in
+                                             features.EVENT_COLUMNS + features.ITEM_COLUMNS + features.USER_COLUMNS}
 
 
 class _JoinAndBuildHistory(beam.DoFn):
@@ -74,7 +61,8 @@ class _JoinAndBuildHistory(beam.DoFn):
         ordered = sorted(events, key=lambda e: (e[features.TIMESTAMP], e[features.EVENT_ID]))
         histories = point_in_time.histories_before(
             ((e[features.TIMESTAMP], e[features.ITEM_ID]) for e in ordered), self._history_length)
-        for event, history in zip(ordered, histories):
+        rows = []
+        for event in ordered:
             item = items.get(event[features.ITEM_ID])
             if item is None:
                 raise canonical.DataError(
@@ -83,8 +71,13 @@ class _JoinAndBuildHistory(beam.DoFn):
             row = dict(event)
             row.update({f.name: item[f.name] for f in features.ITEM_ATTRIBUTES})
             row[features.AGE_GROUP] = profile[features.AGE_GROUP]
+            rows.append(row)
+        # one encoder call per user: the C++ encoder, not a proto built per feature in Python
+        examples = tf_examples.encode({name: (_COLUMN_DTYPES[name], [row[name] for row in rows]) for name in rows[0]},
+                                      {features.HISTORY: [list(history) for history in histories]})
+        for event, example in zip(ordered, examples):
             split = EVAL_SPLIT if point_in_time.is_eval(event[features.TIMESTAMP], cutoff) else TRAIN_SPLIT
-            yield beam.pvalue.TaggedOutput(split, _to_example(row, list(history)).SerializeToString())
+            yield beam.pvalue.TaggedOutput(split, example)
 
 
 def _read_rows(pipeline: beam.Pipeline, data_dir: str, file_name: str) -> beam.PCollection:

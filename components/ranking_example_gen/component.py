@@ -23,6 +23,7 @@ from tfx.proto import example_gen_pb2
 from tfx.types import artifact_utils
 from tfx.utils import io_utils, path_utils
 
+from components import tf_examples
 from components.ranking_example_gen import builder
 from shoprec import features
 from shoprec.model import export
@@ -78,21 +79,9 @@ def retrieval_scores(model: tf.Module, rows: pd.DataFrame, history_length: int) 
 
 def to_examples(rows: pd.DataFrame) -> list[bytes]:
     """Serialized tf.Examples of ranking rows (columns as :func:`ranking_schema` declares)."""
-    columns = {name: rows[name].to_numpy() for name in _SINGLE_STRING + _SINGLE_INT + _SINGLE_FLOAT}
-    histories = rows[features.HISTORY].to_numpy()
-    serialized = []
-    for index in range(len(rows)):
-        feature = {}
-        for name in _SINGLE_STRING:
-            feature[name] = tf.train.Feature(bytes_list=tf.train.BytesList(value=[str(columns[name][index]).encode()]))
-        for name in _SINGLE_INT:
-            feature[name] = tf.train.Feature(int64_list=tf.train.Int64List(value=[int(columns[name][index])]))
-        for name in _SINGLE_FLOAT:
-            feature[name] = tf.train.Feature(float_list=tf.train.FloatList(value=[float(columns[name][index])]))
-        feature[features.HISTORY] = tf.train.Feature(
-            bytes_list=tf.train.BytesList(value=[item.encode() for item in histories[index]]))
-        serialized.append(tf.train.Example(features=tf.train.Features(feature=feature)).SerializeToString())
-    return serialized
+    columns = {name: (dtype, rows[name].to_numpy()) for names, dtype in (
+        (_SINGLE_STRING, "string"), (_SINGLE_INT, "int64"), (_SINGLE_FLOAT, "float")) for name in names}
+    return tf_examples.encode(columns, {features.HISTORY: rows[features.HISTORY].to_numpy()})
 
 
 @tfx.dsl.components.component
