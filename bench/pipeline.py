@@ -3,9 +3,11 @@
 Each size runs ``python -m pipeline.local_runner`` in a fresh subprocess (fresh output folder, no
 cache), so the peak RSS is that run's own, imports and shop generation included::
 
-    python -m bench.pipeline [--sizes 100000 1000000] [--out bench/results/pipeline.json]
+    python -m bench.pipeline [--sizes 100000 1000000] [--beam_runner in_memory|multi_processing|portable]
+        [--beam_workers 2] [--out bench/results/pipeline.json]
 
-Prints one line per size and writes the results, with the machine and the commands, to ``--out``.
+Prints one line per size and writes the results, with the machine and the commands, to ``--out``
+(a result replaces the recorded one of the same size and Beam profile; the others are kept).
 """
 
 from __future__ import annotations
@@ -21,17 +23,21 @@ import tempfile
 import time
 from typing import Sequence
 
-from bench.generate import machine_info, write_report
+from bench.generate import git_commit, machine_info, write_report
+from pipeline import beam
 from shoprec.config import ShopConfig, TrainConfig
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEFAULT_OUT = os.path.join(REPO, "bench", "results", "pipeline.json")
 
 
-def run_once(events: int, output_dir: str) -> dict[str, object]:
+def run_once(events: int, output_dir: str, beam_runner: str = beam.DEFAULT_PROFILE,
+             beam_workers: int = beam.DEFAULT_WORKERS) -> dict[str, object]:
     """Runs the pipeline on a generated shop of ``events`` events; returns its figures."""
     command = [sys.executable, "-m", "pipeline.local_runner", "--output_dir", output_dir,
                "--events", str(events)]
+    if beam_runner != beam.DEFAULT_PROFILE:
+        command += ["--beam_runner", beam_runner, "--beam_workers", str(beam_workers)]
     env = dict(os.environ)
     began = time.perf_counter()
     cpu_before = resource.getrusage(resource.RUSAGE_CHILDREN)
@@ -60,7 +66,9 @@ def run_once(events: int, output_dir: str) -> dict[str, object]:
         "recall@10": {name: metrics["recall@10"] for name, metrics in rankings.items()},
         "blessed": summary["blessed"],
         "pooling": TrainConfig.pooling,
+        "beam_runner": beam_runner if beam_runner != beam.MULTI_PROCESSING else f"{beam_runner} x{beam_workers}",
         "command": " ".join(["python"] + command[1:3] + ["--output_dir", "OUT"] + command[5:]),
+        "commit": git_commit(),  # results of earlier invocations are kept beside this one's
     }
 
 
@@ -69,18 +77,23 @@ def main(argv: Sequence[str] | None = None) -> int:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sizes", type=int, nargs="+", default=[100_000, 1_000_000])
     parser.add_argument("--out", default=DEFAULT_OUT)
+    parser.add_argument("--beam_runner", choices=beam.LOCAL_PROFILES, default=beam.DEFAULT_PROFILE,
+                        help="the pipeline's Beam profile (pipeline/beam.py)")
+    parser.add_argument("--beam_workers", type=int, default=beam.DEFAULT_WORKERS,
+                        help="processes of the multi_processing profile")
     args = parser.parse_args(argv)
     results = []
     for events in args.sizes:
         print(f"running the pipeline on {events:,} events ...", flush=True)
         output_dir = tempfile.mkdtemp(prefix=f"bench_pipeline_{events}_")
-        result = run_once(events, output_dir)
+        result = run_once(events, output_dir, args.beam_runner, args.beam_workers)
         shutil.rmtree(output_dir)  # kept, with its log, when the run fails
         results.append(result)
         print(json.dumps(result), flush=True)
     if os.path.exists(args.out):  # keep the recorded sizes this invocation did not rerun
         with open(args.out) as f:
-            kept = [r for r in json.load(f)["results"] if r["events"] not in args.sizes]
+            kept = [r for r in json.load(f)["results"] if (r["events"], r.get("beam_runner", beam.DEFAULT_PROFILE))
+                    not in {(events, results[0]["beam_runner"]) for events in args.sizes}]
         results = sorted(kept + results, key=lambda r: r["events"])
     report = {"benchmark": "pipeline", "machine": machine_info(),
               "command": "python -m bench.pipeline " + " ".join(argv or sys.argv[1:]),
