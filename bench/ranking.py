@@ -361,7 +361,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     run_dir = os.path.abspath(args.run_dir)
     data_dir = os.path.join(run_dir, "data")
-    plot_path = os.path.join(os.path.dirname(os.path.abspath(args.out)), "ranking_calibration.png")
+    # ranking.json -> ranking_calibration.png, ranking_rerun.json -> ranking_rerun_calibration.png
+    plot_path = os.path.splitext(os.path.abspath(args.out))[0] + "_calibration.png"
     report: dict[str, object] = {
         "benchmark": "ranking",
         "machine": machine_info(),
