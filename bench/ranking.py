@@ -215,7 +215,10 @@ def _predict(model: object, signature: str, inputs: dict[str, object], batch: in
     size = len(next(iter(inputs.values())))
     out = []
     for start in range(0, size, batch):
-        chunk = {name: tf.constant(np.asarray(values)[start:start + batch]) for name, values in inputs.items()}
+        # dtype=object: a fixed-width bytes array ("S") would strip a serialized example's trailing
+        # NUL bytes (a last int64 feature of 0), and the example would no longer parse
+        chunk = {name: tf.constant(np.asarray(values, dtype=object if isinstance(values, list) else None)[
+            start:start + batch]) for name, values in inputs.items()}
         out.append(function(**chunk)[features.OUTPUT_CLICK_PROBABILITY].numpy())
     return np.concatenate(out).astype(np.float64)
 
