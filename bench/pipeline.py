@@ -31,6 +31,11 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEFAULT_OUT = os.path.join(REPO, "bench", "results", "pipeline.json")
 
 
+def profile_label(beam_runner: str, beam_workers: int) -> str:
+    """How a result names its Beam profile: ``in_memory``, ``multi_processing x2``, ..."""
+    return f"{beam_runner} x{beam_workers}" if beam_runner == beam.MULTI_PROCESSING else beam_runner
+
+
 def run_once(events: int, output_dir: str, beam_runner: str = beam.DEFAULT_PROFILE,
              beam_workers: int = beam.DEFAULT_WORKERS) -> dict[str, object]:
     """Runs the pipeline on a generated shop of ``events`` events; returns its figures."""
@@ -66,7 +71,7 @@ def run_once(events: int, output_dir: str, beam_runner: str = beam.DEFAULT_PROFI
         "recall@10": {name: metrics["recall@10"] for name, metrics in rankings.items()},
         "blessed": summary["blessed"],
         "pooling": TrainConfig.pooling,
-        "beam_runner": beam_runner if beam_runner != beam.MULTI_PROCESSING else f"{beam_runner} x{beam_workers}",
+        "beam_runner": profile_label(beam_runner, beam_workers),
         "command": " ".join(["python"] + command[1:3] + ["--output_dir", "OUT"] + command[5:]),
         "commit": git_commit(),  # results of earlier invocations are kept beside this one's
     }
@@ -90,10 +95,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         shutil.rmtree(output_dir)  # kept, with its log, when the run fails
         results.append(result)
         print(json.dumps(result), flush=True)
-    if os.path.exists(args.out):  # keep the recorded sizes this invocation did not rerun
+    if os.path.exists(args.out):  # keep the recorded sizes and profiles this invocation did not rerun
+        rerun = {(events, profile_label(args.beam_runner, args.beam_workers)) for events in args.sizes}
         with open(args.out) as f:
-            kept = [r for r in json.load(f)["results"] if (r["events"], r.get("beam_runner", beam.DEFAULT_PROFILE))
-                    not in {(events, results[0]["beam_runner"]) for events in args.sizes}]
+            kept = [r for r in json.load(f)["results"]
+                    if (r["events"], r.get("beam_runner", beam.DEFAULT_PROFILE)) not in rerun]
         results = sorted(kept + results, key=lambda r: r["events"])
     report = {"benchmark": "pipeline", "machine": machine_info(),
               "command": "python -m bench.pipeline " + " ".join(argv or sys.argv[1:]),

@@ -212,13 +212,14 @@ def _predict(model: object, signature: str, inputs: dict[str, object], batch: in
     import tensorflow as tf
 
     function = model.signatures[signature]  # type: ignore[attr-defined]
-    size = len(next(iter(inputs.values())))
+    # Lists as object arrays: a fixed-width bytes array ("S") would strip a serialized example's
+    # trailing NUL bytes (a last int64 feature of 0), and the example would no longer parse.
+    arrays = {name: np.asarray(values, dtype=object) if isinstance(values, list) else np.asarray(values)
+              for name, values in inputs.items()}
+    size = len(next(iter(arrays.values())))
     out = []
     for start in range(0, size, batch):
-        # dtype=object: a fixed-width bytes array ("S") would strip a serialized example's trailing
-        # NUL bytes (a last int64 feature of 0), and the example would no longer parse
-        chunk = {name: tf.constant(np.asarray(values, dtype=object if isinstance(values, list) else None)[
-            start:start + batch]) for name, values in inputs.items()}
+        chunk = {name: tf.constant(values[start:start + batch]) for name, values in arrays.items()}
         out.append(function(**chunk)[features.OUTPUT_CLICK_PROBABILITY].numpy())
     return np.concatenate(out).astype(np.float64)
 

@@ -43,6 +43,8 @@ def encode(columns: Mapping[str, tuple[Dtype, Sequence[object] | np.ndarray]],
     if len(lengths) > 1:
         raise ValueError(f"columns of different lengths: {sorted(lengths)}")
     count = lengths.pop() if lengths else 0
+    if not count:
+        return []
     names, arrays = [], []
     one_each = pa.array(np.arange(count + 1, dtype=np.int64))
     for name, (dtype, values) in columns.items():
@@ -54,6 +56,4 @@ def encode(columns: Mapping[str, tuple[Dtype, Sequence[object] | np.ndarray]],
         flat = [value for values in lists for value in values]
         names.append(name)
         arrays.append(pa.LargeListArray.from_arrays(pa.array(offsets), _values("string", flat)))
-    if not count:
-        return []
     return _ENCODER.encode(pa.RecordBatch.from_arrays(arrays, names))

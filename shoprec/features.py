@@ -259,9 +259,8 @@ RANKING_FEATURES: tuple[RankingFeature, ...] = (
 )
 RANKING_FEATURES_BY_NAME: dict[str, RankingFeature] = {f.name: f for f in RANKING_FEATURES}
 for _feature in RANKING_FEATURES:
-    if _feature.shares is not None and (RANKING_FEATURES_BY_NAME.get(_feature.shares) is None or _feature.kind
-                                        != "categorical" or RANKING_FEATURES_BY_NAME[_feature.shares].kind
-                                        != "categorical"):
+    _owner = RANKING_FEATURES_BY_NAME.get(_feature.shares or "")
+    if _feature.shares and (_owner is None or {_feature.kind, _owner.kind} != {"categorical"}):
         raise ValueError(f"ranking feature {_feature.name} shares {_feature.shares!r}: both must be declared "
                          f"categorical ranking features")
 RANKING_REQUEST_FEATURES: tuple[RankingFeature, ...] = tuple(f for f in RANKING_FEATURES if f.request)

@@ -2,8 +2,8 @@
 
 Inputs are the transformed ranking features (``features.RANKING_FEATURES``): embeddings of the
 user, age group, item, category, brand, scene, position, context item and context category (in
-the category's embedding table), plus the normalised log price and the retrieval score. The concatenation ``x0`` ``[B, F]`` goes through
-``cross_layers`` :class:`tfrs.layers.dcn.Cross` layers (``x_{l+1} = x0 * (W x_l + b) + x_l``),
+the category's embedding table), plus the normalised log price and the retrieval score. The
+concatenation ``x0`` ``[B, F]`` goes through ``cross_layers`` :class:`tfrs.layers.dcn.Cross` layers (``x_{l+1} = x0 * (W x_l + b) + x_l``),
 then a ReLU MLP, then two logits: click and purchase (both per impression: P(purchase) is
 P(click and buy)). The loss is ``BCE(click) + purchase_weight * BCE(purchase)``.
 
