@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
 from collections.abc import Iterable, Sequence
 
@@ -61,6 +62,13 @@ class Catalogue:
     def load(cls, data_dir: str) -> Catalogue:
         """Reads ``<data_dir>/items.csv``."""
         return cls.from_frame(canonical.read_table(os.path.join(data_dir, features.ITEMS_FILE)))
+
+    @functools.cached_property
+    def utf8_item_ids(self) -> np.ndarray:
+        """``[I]`` the item ids as UTF-8 ``bytes`` (an object array), as model requests carry them."""
+        encoded = np.empty(len(self.item_ids), dtype=object)
+        encoded[:] = [item_id.encode() for item_id in self.item_ids]
+        return encoded
 
     def __len__(self) -> int:
         return len(self.item_ids)

@@ -7,6 +7,10 @@ higher version becomes AVAILABLE, the gateway reads that version's item embeddin
 score) and only then switches to it. A version unloaded under a request (NOT_FOUND) triggers a
 refresh and one retry.
 
+A model whose ``recommend_with_history`` also returns the query ``embedding`` saves the ranking
+stage a call: the gateway keeps the last few thousand of them, keyed by version, user and
+history, and ``query_embedding`` answers from there when the same query was just retrieved.
+
 :class:`RankingGateway` is the ranking model's (a second model on the same server, its own name
 in ``models.config``): the same version pinning, polling and retry, without embeddings.
 """
@@ -17,6 +21,7 @@ import asyncio
 import dataclasses
 import logging
 import threading
+from collections import OrderedDict
 from collections.abc import Sequence
 
 import numpy as np
@@ -50,6 +55,37 @@ def _unit(vector: np.ndarray) -> np.ndarray:
     """``[D]`` float32 vector scaled to length 1 (zeros stay zeros)."""
     vector = np.asarray(vector, np.float32)
     return vector / max(float(np.linalg.norm(vector)), 1e-12)
+
+
+class _QueryEmbeddings:
+    """The unit query embeddings of the latest ``capacity`` top-k calls, least recent dropped.
+
+    A key is ``(version, user_id, padded history)``: the same inputs to the same version give
+    the same embedding, so a hit is exact, never stale.
+    """
+
+    def __init__(self, capacity: int) -> None:
+        self._capacity = capacity
+        self._entries: OrderedDict[tuple[int, str, tuple[str, ...]], np.ndarray] = OrderedDict()
+        self._lock = threading.Lock()  # the sync path runs on the server's worker threads
+
+    @staticmethod
+    def key(version: int, inputs: dict[str, list]) -> tuple[int, str, tuple[str, ...]]:
+        return version, inputs[features.USER_ID][0], tuple(inputs[features.HISTORY][0])
+
+    def get(self, key: tuple[int, str, tuple[str, ...]]) -> np.ndarray | None:
+        with self._lock:
+            vector = self._entries.get(key)
+            if vector is not None:
+                self._entries.move_to_end(key)
+            return vector
+
+    def put(self, key: tuple[int, str, tuple[str, ...]], vector: np.ndarray) -> None:
+        with self._lock:
+            self._entries[key] = vector
+            self._entries.move_to_end(key)
+            while len(self._entries) > self._capacity:
+                self._entries.popitem(last=False)
 
 
 def _text(values: np.ndarray) -> list[str]:
@@ -117,10 +153,12 @@ class ModelGateway(_PolledGateway):
         has the same shape and the server can batch concurrent ones together.
       embedding_batch_size: item ids per ``item_embedding`` request (at most the server's
         ``max_batch_size`` when it batches).
+      remembered_queries: query embeddings kept from top-k calls for ``query_embedding``.
     """
 
     def __init__(self, client: ModelClient, catalogue_item_ids: np.ndarray,
-                 history_length: int = config.SplitConfig.history_length, embedding_batch_size: int = 100) -> None:
+                 history_length: int = config.SplitConfig.history_length, embedding_batch_size: int = 100,
+                 remembered_queries: int = 4096) -> None:
         super().__init__()
         self._client = client
         self._history_length = history_length
@@ -128,6 +166,7 @@ class ModelGateway(_PolledGateway):
         self._batch_size = embedding_batch_size
         self._served: ServedModel | None = None
         self._refresh_lock = threading.Lock()
+        self._queries = _QueryEmbeddings(remembered_queries)
 
     @property
     def served(self) -> ServedModel | None:
@@ -217,7 +256,7 @@ class ModelGateway(_PolledGateway):
                     raise
                 served = self._refreshed()  # the version went away: follow the server
                 continue
-            return self._top_k_result(outputs, served.version)
+            return self._top_k_result(inputs, outputs, served.version)
         raise AssertionError("unreachable")
 
     async def top_k_async(self, user_id: str, history: Sequence[str]) -> tuple[list[str], np.ndarray, int]:
@@ -234,27 +273,35 @@ class ModelGateway(_PolledGateway):
                     raise
                 served = await asyncio.to_thread(self._refreshed)
                 continue
-            return self._top_k_result(outputs, served.version)
+            return self._top_k_result(inputs, outputs, served.version)
         raise AssertionError("unreachable")
 
     def query_embedding(self, user_id: str, history: Sequence[str]) -> tuple[np.ndarray, ServedModel]:
-        """The user tower's unit query embedding ``[D]`` (``query_embedding`` signature), with the
-        version (and its unit item embeddings) it belongs to.
+        """The user tower's unit query embedding ``[D]`` (``query_embedding`` signature, or the
+        embedding a top-k call of the same query returned), with the version (and its unit item
+        embeddings) it belongs to.
 
         Raises:
           ModelUnavailableError: no version is available.
           ModelServerError: the prediction failed.
         """
         served = self.current()
-        outputs = self._client.predict(self._top_k_inputs(user_id, history),
-                                       signature_name=features.SIGNATURE_QUERY_EMBEDDING, version=served.version)
+        inputs = self._top_k_inputs(user_id, history)
+        remembered = self._queries.get(_QueryEmbeddings.key(served.version, inputs))
+        if remembered is not None:
+            return remembered, served
+        outputs = self._client.predict(inputs, signature_name=features.SIGNATURE_QUERY_EMBEDDING,
+                                       version=served.version)
         return _unit(outputs[features.OUTPUT_EMBEDDING][0]), served
 
     async def query_embedding_async(self, user_id: str, history: Sequence[str]) -> tuple[np.ndarray, ServedModel]:
         """``query_embedding`` for asyncio code (same result and errors)."""
         served = self.current()
-        outputs = await self._client.predict_async(self._top_k_inputs(user_id, history),
-                                                   signature_name=features.SIGNATURE_QUERY_EMBEDDING,
+        inputs = self._top_k_inputs(user_id, history)
+        remembered = self._queries.get(_QueryEmbeddings.key(served.version, inputs))
+        if remembered is not None:
+            return remembered, served
+        outputs = await self._client.predict_async(inputs, signature_name=features.SIGNATURE_QUERY_EMBEDDING,
                                                    version=served.version)
         return _unit(outputs[features.OUTPUT_EMBEDDING][0]), served
 
@@ -263,8 +310,10 @@ class ModelGateway(_PolledGateway):
         padded = recent + [""] * (self._history_length - len(recent))
         return {features.USER_ID: [user_id], features.HISTORY: [padded]}
 
-    @staticmethod
-    def _top_k_result(outputs: dict[str, np.ndarray], version: int) -> tuple[list[str], np.ndarray, int]:
+    def _top_k_result(self, inputs: dict[str, list], outputs: dict[str, np.ndarray],
+                      version: int) -> tuple[list[str], np.ndarray, int]:
+        if features.OUTPUT_EMBEDDING in outputs:  # a model exported before it returned one has none
+            self._queries.put(_QueryEmbeddings.key(version, inputs), _unit(outputs[features.OUTPUT_EMBEDDING][0]))
         return (_text(outputs[features.OUTPUT_ITEM_IDS][0]),
                 np.asarray(outputs[features.OUTPUT_SCORES][0], np.float64), version)
 

@@ -242,14 +242,15 @@ class ModelRanker:
 
     def _inputs(self, query: RetrievalQuery, rows: np.ndarray, scene: str, query_vector: np.ndarray,
                 served: ServedModel) -> dict[str, list | np.ndarray]:
-        """The ranking signature's inputs, each ``[len(rows)]``."""
+        """The ranking signature's inputs, each ``[len(rows)]``; strings as UTF-8 ``bytes``, which
+        the gRPC client copies into the request in one call (``str`` is encoded one by one)."""
         retrieval_score = np.where(served.found[rows], served.embeddings[rows] @ query_vector, 0.0).astype(np.float32)
-        context = (str(self._catalogue.item_ids[query.current_row]) if query.current_row is not None
-                   else features.NO_ITEM)
+        context = (self._catalogue.utf8_item_ids[query.current_row] if query.current_row is not None
+                   else features.NO_ITEM.encode())
         size = len(rows)
-        return {features.USER_ID: [query.user_id] * size,
-                features.ITEM_ID: [str(item_id) for item_id in self._catalogue.item_ids[rows]],
-                features.SCENE: [scene] * size,
+        return {features.USER_ID: [query.user_id.encode()] * size,
+                features.ITEM_ID: self._catalogue.utf8_item_ids[rows],
+                features.SCENE: [scene.encode()] * size,
                 features.POSITION: np.zeros(size, np.int64),
                 features.CONTEXT_ITEM_ID: [context] * size,
                 features.RETRIEVAL_SCORE: retrieval_score}

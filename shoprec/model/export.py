@@ -211,7 +211,9 @@ class RetrievalServingModule(tf.Module):
     @tf.function(autograph=False, input_signature=[tf.TensorSpec([None], tf.string, name=features.USER_ID),
                                   tf.TensorSpec([None, None], tf.string, name=features.HISTORY)])
     def recommend_with_history(self, user_id: tf.Tensor, history: tf.Tensor) -> dict[str, tf.Tensor]:
-        return self._top_k(self._query(user_id, history))
+        """The top k, and the query embedding ``[B, D]`` (which the ranking stage reuses)."""
+        query = self._query(user_id, history)
+        return {**self._top_k(query), features.OUTPUT_EMBEDDING: query}
 
     @tf.function(autograph=False, input_signature=[tf.TensorSpec([None], tf.string, name=features.USER_ID),
                                   tf.TensorSpec([None, None], tf.string, name=features.HISTORY)])

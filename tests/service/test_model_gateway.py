@@ -15,10 +15,11 @@ from shoprec import features
 class ScriptedClient:
     """Answers like the model server for a catalogue of 3 items; versions change on demand."""
 
-    def __init__(self) -> None:
+    def __init__(self, top_k_embedding: bool = False) -> None:
         self.available: list[int] = [1]
         self.calls: list[tuple[str, int | None, dict[str, Any]]] = []
         self.down = False
+        self.top_k_embedding = top_k_embedding  # recommend_with_history returns the query embedding
 
     def status(self) -> list[VersionStatus]:
         if self.down:
@@ -34,8 +35,12 @@ class ScriptedClient:
             ids = inputs[features.ITEM_ID]
             embedding = np.array([[float(version), 0.0] if item != "i2" else [0.0, 0.0] for item in ids])
             return {features.OUTPUT_EMBEDDING: embedding, features.OUTPUT_FOUND: np.array([i != "i2" for i in ids])}
-        return {features.OUTPUT_ITEM_IDS: np.array([[b"i1", b"i0"]], dtype=object),
-                features.OUTPUT_SCORES: np.array([[0.5, 0.25]], dtype=np.float32)}
+        query = np.array([[3.0 * version, 4.0 * len(inputs[features.HISTORY][0][0])]], np.float32)
+        if signature_name == features.SIGNATURE_QUERY_EMBEDDING:
+            return {features.OUTPUT_EMBEDDING: query}
+        top_k = {features.OUTPUT_ITEM_IDS: np.array([[b"i1", b"i0"]], dtype=object),
+                 features.OUTPUT_SCORES: np.array([[0.5, 0.25]], dtype=np.float32)}
+        return {**top_k, features.OUTPUT_EMBEDDING: query} if self.top_k_embedding else top_k
 
     def close(self) -> None:
         pass
@@ -87,3 +92,39 @@ def test_unavailable_model() -> None:
     client.available = []  # unloaded, nothing else: NOT_FOUND, then nothing to switch to
     with pytest.raises(ModelUnavailableError, match="no AVAILABLE version"):
         gateway.top_k("u1", [])
+
+
+@pytest.mark.parametrize("top_k_embedding", [True, False])
+def test_query_embedding_reuses_the_one_a_top_k_call_of_the_same_query_returned(top_k_embedding: bool) -> None:
+    client = ScriptedClient(top_k_embedding)
+    gateway = ModelGateway(client, np.array(["i0", "i1"]), history_length=2)  # type: ignore[arg-type]
+    gateway.refresh()
+    gateway.top_k("u1", ["a"])
+    calls = len(client.calls)
+    vector, served = gateway.query_embedding("u1", ["a"])
+    np.testing.assert_allclose(vector, [0.6, 0.8], rtol=1e-6)  # unit, either way
+    assert served.version == 1
+    # With the embedding in the top-k reply, the same query costs no call; an older export has none.
+    assert len(client.calls) - calls == (0 if top_k_embedding else 1)
+    gateway.query_embedding("u1", ["a", "b"])  # another history: another query
+    gateway.query_embedding("u2", ["a"])  # another user
+    client.available = [1, 2]
+    gateway.refresh()
+    np.testing.assert_allclose(gateway.query_embedding("u1", ["a"])[0], np.array([6, 4]) / np.hypot(6, 4),
+                               rtol=1e-6)  # version 2's own
+    asked = [call for call in client.calls[calls:] if call[0] == features.SIGNATURE_QUERY_EMBEDDING]
+    assert [(call[1], call[2][features.USER_ID]) for call in asked][-3:] == [(1, ["u1"]), (1, ["u2"]), (2, ["u1"])]
+
+
+def test_remembered_queries_are_bounded() -> None:
+    client = ScriptedClient(top_k_embedding=True)
+    gateway = ModelGateway(client, np.array(["i0"]), history_length=1, remembered_queries=2)  # type: ignore[arg-type]
+    gateway.refresh()
+    for user in ("u1", "u2", "u3"):
+        gateway.top_k(user, ["a"])
+    calls = len(client.calls)
+    gateway.query_embedding("u3", ["a"])
+    gateway.query_embedding("u2", ["a"])
+    assert len(client.calls) == calls
+    gateway.query_embedding("u1", ["a"])  # the least recent, dropped
+    assert len(client.calls) == calls + 1

@@ -66,7 +66,7 @@ class FakeRankingClient:
         self.requests.append({"inputs": inputs, "signature_name": signature_name, "version": version})
         if self.error is not None:
             raise self.error
-        click = np.array([self.click[item] for item in inputs[features.ITEM_ID]], np.float32)
+        click = np.array([self.click[item.decode()] for item in inputs[features.ITEM_ID]], np.float32)
         return {features.OUTPUT_CLICK_PROBABILITY: click, features.OUTPUT_PURCHASE_PROBABILITY: click / 10}
 
     async def predict_async(self, inputs: dict, signature_name: str, version: int) -> dict[str, np.ndarray]:
@@ -110,9 +110,9 @@ def test_orders_by_click_probability_and_sends_the_signature_inputs() -> None:
     assert sent["signature_name"] == features.SIGNATURE_RANK and sent["version"] == 11
     inputs = sent["inputs"]
     assert set(inputs) == {f.name for f in features.RANKING_REQUEST_FEATURES}
-    assert inputs[features.ITEM_ID] == ["i0", "i1", "i2", "i3", "i4", "i5"]
-    assert inputs[features.USER_ID] == ["u1"] * 6 and inputs[features.SCENE] == ["detail"] * 6
-    assert inputs[features.CONTEXT_ITEM_ID] == ["i3"] * 6  # the page's item
+    assert list(inputs[features.ITEM_ID]) == [b"i0", b"i1", b"i2", b"i3", b"i4", b"i5"]  # bytes: one copy
+    assert inputs[features.USER_ID] == [b"u1"] * 6 and inputs[features.SCENE] == [b"detail"] * 6
+    assert inputs[features.CONTEXT_ITEM_ID] == [b"i3"] * 6  # the page's item
     assert inputs[features.POSITION].tolist() == [0] * 6  # scored as if at the top slot
     # The cosine of the unit query (0.6, 0.8, 0, 0) with each unit item embedding; unknown items 0.
     np.testing.assert_allclose(inputs[features.RETRIEVAL_SCORE], [0.6, 0.8, 0.0, 0.0, 0.0, 0.0], atol=1e-6)
@@ -128,7 +128,7 @@ def test_only_the_first_candidates_are_sent_and_the_rest_keep_their_order_below(
     client = FakeRankingClient(CLICK)
     result = ranker(client, candidates=3).rank(query(Catalogue.from_frame(ITEMS)), pool([3, 0, 4, 5, 1]), "home",
                                                "click")
-    assert client.requests[0]["inputs"][features.ITEM_ID] == ["i3", "i0", "i4"]
+    assert client.requests[0]["inputs"][features.ITEM_ID].tolist() == [b"i3", b"i0", b"i4"]
     head, tail = result.scores[:3], result.scores[3:]
     np.testing.assert_allclose(head, [0.05, 0.1, 0.2], rtol=1e-6)
     assert tail.max() < head.min() and tail[0] > tail[1]  # below every ranked one, in retrieval order

@@ -79,9 +79,12 @@ def test_scann_answers_k_distinct_catalogue_items_close_to_brute_force(exports: 
     for row in results["approximate"]:
         assert len(set(row)) == TOP_K and set(row) <= catalogue
     assert recall_at_10(results["approximate"], results["exact"]) >= SCANN_RECALL_FLOOR
-    history = approximate.signatures[features.SIGNATURE_TOP_K_WITH_HISTORY](
-        user_id=tf.constant(["u1", "nobody"]), history=tf.constant([["i1", "i2"], ["i3", ""]]))
+    inputs = {"user_id": tf.constant(["u1", "nobody"]), "history": tf.constant([["i1", "i2"], ["i3", ""]])}
+    history = approximate.signatures[features.SIGNATURE_TOP_K_WITH_HISTORY](**inputs)
     assert history[features.OUTPUT_ITEM_IDS].shape == (2, TOP_K)
+    # The query embedding comes with the top k (the ranking stage reuses it): the same vector.
+    query = approximate.signatures[features.SIGNATURE_QUERY_EMBEDDING](**inputs)[features.OUTPUT_EMBEDDING]
+    np.testing.assert_allclose(history[features.OUTPUT_EMBEDDING].numpy(), query.numpy(), atol=1e-6)
 
 
 def test_scann_index_itself_fills_the_top_k() -> None:
