@@ -288,7 +288,7 @@ def quality(run_dir: str, plot_path: str) -> dict[str, object]:
         "calibration_curves": curves,
         "ndcg_at_10": ndcg,
         "margins": margins,
-        "calibration_plot": os.path.relpath(plot_path, os.path.dirname(RESULTS)),
+        "calibration_plot": os.path.basename(plot_path),  # beside the report
     }
 
 
