@@ -65,7 +65,8 @@ def _columns(n: int, seed: int = 0) -> dict[str, np.ndarray]:
     return {
         F.USER_ID: np.array([b"u%d" % u for u in users]), F.USER_ID_FEATURE.transformed_name: users,
         F.AGE_GROUP_FEATURE.transformed_name: users % 4, F.HISTORY_FEATURE.transformed_name: history,
-        F.ITEM_ID_FEATURE.transformed_name: item, F.TIMESTAMP: np.arange(n) * 10, F.EVENT_ID: np.arange(n),
+        F.ITEM_ID_FEATURE.transformed_name: item, F.ITEM_ID: np.array([b"i%d" % i for i in item]),
+        F.TIMESTAMP: np.arange(n) * 10, F.EVENT_ID: np.arange(n),
         **{name: values[item] for name, values in catalogue.items()},
     }
 
