@@ -10,6 +10,7 @@ to :func:`baseline_model_dir` beside it (what ``bench/ranking.py`` compares agai
 
 import dataclasses
 import json
+import math
 import os
 from typing import Any
 
@@ -46,13 +47,18 @@ def vocabulary_rows(tft_output: tft.TFTransformOutput) -> dict[str, int]:
             + f.oov_buckets for f in features.RANKING_FEATURES if f.kind == "categorical"}
 
 
+def epochs_within(config: RankingConfig, steps_per_epoch: int) -> int:
+    """The most whole epochs, of ``config.epochs``, within ``config.max_steps``; at least one."""
+    return max(1, min(config.epochs, math.floor(config.max_steps / max(steps_per_epoch, 1))))
+
+
 def _train(kind: str, config: RankingConfig, rows: dict[str, int], train: tf.data.Dataset,
-           evaluation: tf.data.Dataset) -> tuple[ranking.RankingModel, dict[str, float]]:
+           evaluation: tf.data.Dataset, epochs: int) -> tuple[ranking.RankingModel, dict[str, float]]:
     tf.keras.utils.set_random_seed(0)
     model = ranking.RankingModel(rows, config, kind=kind)
     learning_rate = config.learning_rate if kind == "dcn" else config.baseline_learning_rate
     model.compile(optimizer=tf.keras.optimizers.Adam(learning_rate=learning_rate))
-    model.fit(train, epochs=config.epochs, verbose=2)
+    model.fit(train, epochs=epochs, verbose=2)
     metrics = model.evaluate(evaluation, return_dict=True, verbose=0)
     logging.info("%s eval metrics %s", kind, metrics)
     return model, {name: float(value) for name, value in metrics.items()}
@@ -70,6 +76,10 @@ def run_fn(fn_args: tfx.components.FnArgs) -> None:
             tft_output.transformed_metadata.schema).cache()
 
     train, evaluation = dataset(fn_args.train_files, True), dataset(fn_args.eval_files, False)
+    steps_per_epoch = int(train.reduce(0, lambda count, _: count + 1))  # one pass, which fills the cache
+    epochs = epochs_within(config, steps_per_epoch)
+    logging.info("training %d of %d epochs of %d steps (max_steps %d)", epochs, config.epochs, steps_per_epoch,
+                 config.max_steps)
     rows = vocabulary_rows(tft_output)
     items = canonical.read_table(fn_args.custom_config["items_path"])
     users = canonical.read_table(fn_args.custom_config["users_path"])
@@ -77,10 +87,11 @@ def run_fn(fn_args: tfx.components.FnArgs) -> None:
     report = {}
     for kind, export_dir in (("dcn", fn_args.serving_model_dir),
                              ("logistic", baseline_model_dir(fn_args.serving_model_dir))):
-        model, report[kind] = _train(kind, config, rows, train, evaluation)
+        model, report[kind] = _train(kind, config, rows, train, evaluation, epochs)
         ranking.RankingServingModule(tft_output.transform_features_layer(), model, catalogue,
                                      users[features.USER_ID].to_numpy(),
                                      users[features.AGE_GROUP].to_numpy()).save(export_dir)
     tf.io.gfile.makedirs(fn_args.model_run_dir)
     with tf.io.gfile.GFile(os.path.join(fn_args.model_run_dir, TRAINING_REPORT), "w") as f:
-        json.dump({"eval": report, "config": dataclasses.asdict(config)}, f, indent=2)
+        json.dump({"eval": report, "config": dataclasses.asdict(config), "epochs": epochs,
+                   "steps_per_epoch": steps_per_epoch}, f, indent=2)

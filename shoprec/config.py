@@ -156,6 +156,10 @@ class RankingConfig:
     # Defaults from five RankingTrainer reruns on the default shop (docs/ranking.md): with l2 1e-4
     # the DCN overfits its id embeddings (TFMA click AUC 0.770 against the baseline's 0.814).
     epochs: int = 5
+    # Each model trains for the most whole epochs (of `epochs`, at least one) within this many
+    # steps, so that the time grows no faster than the data: the default shop's 5 epochs are about
+    # 625 steps; at 1M events one epoch is 1,563 (docs/pipeline.md).
+    max_steps: int = 3000
     batch_size: int = 512
     learning_rate: float = 0.01
     # The logistic-regression baseline (same features, same run) is convex: it gets its own, larger step.
@@ -172,7 +176,7 @@ class RankingConfig:
     sampled_negatives: int = 4
 
     def __post_init__(self) -> None:
-        for name in ("epochs", "batch_size", "cross_layers"):
+        for name in ("epochs", "max_steps", "batch_size", "cross_layers"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if not 0.0 <= self.min_auc <= 1.0:
