@@ -13,6 +13,7 @@ Prints one line per size and writes the results, with the machine and the comman
 from __future__ import annotations
 
 import argparse
+import glob
 import json
 import os
 import resource
@@ -58,6 +59,7 @@ def run_once(events: int, output_dir: str, beam_runner: str = beam.DEFAULT_PROFI
     with open(os.path.join(output_dir, "run_summary.json")) as f:
         summary = json.load(f)
     rankings = {name: slices["all"] for name, slices in summary["metrics"].items()}
+    ranking = summary.get("ranking") or {}
     return {
         "users": ShopConfig.users, "items": ShopConfig.items, "events": events,
         "wall_seconds_with_imports": round(wall, 1),
@@ -70,11 +72,28 @@ def run_once(events: int, output_dir: str, beam_runner: str = beam.DEFAULT_PROFI
         "ndcg@10": {name: metrics["ndcg@10"] for name, metrics in rankings.items()},
         "recall@10": {name: metrics["recall@10"] for name, metrics in rankings.items()},
         "blessed": summary["blessed"],
+        # the ranking branch: TFMA's overall click metrics, and what the RankingTrainer ran
+        "ranking_tfma_overall": (ranking.get("evaluation") or {}).get("overall"),
+        "ranking_blessed": ranking.get("blessed"),
+        "ranking_training": ranking_training(output_dir),
         "pooling": TrainConfig.pooling,
         "beam_runner": profile_label(beam_runner, beam_workers),
         "command": " ".join(["python"] + command[1:3] + ["--output_dir", "OUT"] + command[5:]),
         "commit": git_commit(),  # results of earlier invocations are kept beside this one's
     }
+
+
+def ranking_training(output_dir: str) -> dict[str, object] | None:
+    """The RankingTrainer's report (epochs run, steps per epoch, Keras eval metrics), if it ran."""
+    import ranking_trainer_module  # TensorFlow: not for --help
+
+    reports = glob.glob(os.path.join(output_dir, "pipeline_root", "RankingTrainer", "model_run", "*",
+                                     ranking_trainer_module.TRAINING_REPORT))
+    if not reports:
+        return None
+    with open(max(reports, key=os.path.getmtime)) as f:
+        report = json.load(f)
+    return {key: report.get(key) for key in ("epochs", "steps_per_epoch", "eval")}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -158,7 +158,7 @@ class RankingConfig:
     epochs: int = 5
     # Each model trains for the most whole epochs (of `epochs`, at least one) within this many
     # steps, so that the time grows no faster than the data: the default shop's 5 epochs are about
-    # 625 steps; at 1M events one epoch is 1,563 (docs/pipeline.md).
+    # 625 steps; at 1M events an epoch is 1,245, and it trains two (docs/pipeline.md).
     max_steps: int = 3000
     batch_size: int = 512
     learning_rate: float = 0.01

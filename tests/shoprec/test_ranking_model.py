@@ -191,7 +191,7 @@ def test_the_ranking_trainer_trains_whole_epochs_within_its_step_budget() -> Non
     config = RankingConfig(epochs=5, max_steps=3000)
     assert epochs_within(config, 125) == 5  # the default shop's 64K train impressions: every epoch
     assert epochs_within(config, 700) == 4
-    assert epochs_within(config, 1563) == 1  # 1M events: one epoch, not 7,815 steps
+    assert epochs_within(config, 1245) == 2  # 1M events: two epochs, not five (6,225 steps)
     assert epochs_within(config, 5000) == 1  # never none
     with pytest.raises(ValueError, match="max_steps must be >= 1"):
         RankingConfig(max_steps=0)
