@@ -287,7 +287,7 @@ class _GrpcTransport:
         """The prediction stub on a ``grpc.aio`` channel of the running event loop.
 
         The call is then awaited on the loop itself: no thread of gRPC's sync stack has to wake
-        it, which cost about a third of the service's CPU at concurrency 8 (docs/ranking.md).
+        it, which took 31% of the service's py-spy samples at concurrency 8 (docs/ranking.md).
         A channel of an earlier loop (``asyncio.run`` in a test, say) is dropped; its own
         finaliser closes it.
         """
