@@ -18,8 +18,9 @@ request. :class:`RetrievalScoreRanker` keeps the fused retrieval order always.
 The ranking model learns from offline histories, and one new click moves its scores little (on
 the test shop a click left the ranked next lists unchanged; docs/ranking.md). So a scene's ``session_slots``
 (:func:`reserve_slots`) move the best-ranked candidates of the live session's route to the top of
-a model-ranked pool, ahead of the diversity stage: the ranking model still chooses which of them,
-and orders the rest.
+a model-ranked pool, ahead of the diversity stage: every candidate the session route found counts,
+whichever route contributed most to it; the ranking model still chooses which of them, and it
+orders the rest.
 """
 
 from __future__ import annotations
@@ -276,13 +277,18 @@ class ModelRanker:
         return RankingResult(pool.scores, None, f"ranking model unavailable, retrieval order kept: {detail}")
 
 
-def reserve_slots(pool: CandidatePool, route: str, slots: int) -> CandidatePool:
-    """The ranked pool with its ``slots`` best-ranked candidates of ``route`` moved to the top.
+def reserve_slots(pool: CandidatePool, route: Candidates, slots: int) -> CandidatePool:
+    """The ranked pool with its ``slots`` best-ranked candidates that ``route`` found moved to the top.
 
-    They keep their ranked order among themselves and score just above the pool's best, so the
-    diversity stage sees them first; every other candidate keeps its order and score.
+    A candidate counts whether or not ``route`` was its strongest route in the fusion (a session
+    candidate that ``two_tower`` also found, and ranked higher, takes a slot too). The moved ones
+    keep their ranked order among themselves, score just above the pool's best (so the diversity
+    stage sees them first) and carry ``route``'s label, own score and anchor, which is why they
+    are on top; every other candidate keeps its order, score and label.
     """
-    chosen = np.flatnonzero(pool.routes == route)[:max(slots, 0)]
+    if slots <= 0 or not len(route) or not len(pool):
+        return pool
+    chosen = np.flatnonzero(np.isin(pool.rows, route.rows))[:slots]
     if not len(chosen):
         return pool
     rest = np.setdiff1d(np.arange(len(pool)), chosen)  # sorted: the ranked order
@@ -291,7 +297,13 @@ def reserve_slots(pool: CandidatePool, route: str, slots: int) -> CandidatePool:
     step = max(abs(best), 1.0) * 1e-6
     scores = reordered.scores.astype(np.float64)
     scores[:len(chosen)] = best + step * (len(chosen) - np.arange(len(chosen)))
-    return dataclasses.replace(reordered, scores=scores)
+    position_in_route = {int(row): index for index, row in enumerate(route.rows)}
+    found_at = np.array([position_in_route[int(row)] for row in pool.rows[chosen]], np.int64)
+    routes, route_scores, anchors = reordered.routes.copy(), reordered.route_scores.copy(), reordered.anchors.copy()
+    routes[:len(chosen)] = route.route
+    route_scores[:len(chosen)] = np.asarray(route.scores, np.float64)[found_at]
+    anchors[:len(chosen)] = _anchors(route)[found_at]
+    return CandidatePool(reordered.rows, scores, routes, route_scores, anchors)
 
 
 def rank(pool: CandidatePool, scores: np.ndarray) -> CandidatePool:

@@ -356,8 +356,9 @@ class RecommendationService:
         if ranked.warning is not None:
             warnings.append(ranked.warning)
         ordered = rank(pool, ranked.scores)
-        if ranked.model_version is not None and scene.session_slots:
-            ordered = reserve_slots(ordered, retrievers.SESSION, scene.session_slots)
+        session = next((candidates for candidates, _ in lists if candidates.route == retrievers.SESSION), None)
+        if ranked.model_version is not None and scene.session_slots and session is not None:
+            ordered = reserve_slots(ordered, session, scene.session_slots)
         return Retrieval(scene, query, ordered, versions[0] if versions else None, tuple(ignored),
                          tuple(warnings), session_used, ranked.model_version)
 

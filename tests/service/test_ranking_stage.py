@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 
 from service.strategy.catalogue import Catalogue
-from service.strategy.context import RetrievalQuery
+from service.strategy.context import Candidates, RetrievalQuery
 from service.strategy.metrics import ServiceMetrics
 from service.strategy.model_gateway import (
     ModelUnavailableError,
@@ -20,6 +20,8 @@ from service.strategy.ranking import (
     CandidatePool,
     ModelRanker,
     RetrievalScoreRanker,
+    fuse,
+    rank,
     reserve_slots,
 )
 from service.strategy.routing import DEFAULT_ROUTING, RoutingError, RoutingTable
@@ -208,14 +210,32 @@ def test_session_slots_move_the_best_ranked_session_candidates_to_the_top() -> N
     routes = np.array(["two_tower", "two_tower", "session", "two_tower", "session", "session"], object)
     scores = np.array([0.9, 0.8, 0.7, 0.6, 0.5, 0.4])
     ranked = CandidatePool(np.arange(6, dtype=np.int64), scores, routes, scores.copy(), np.full(6, -1, np.int64))
-    reserved = reserve_slots(ranked, "session", 2)
+    session = Candidates("session", np.array([4, 2, 5], np.int64), np.array([0.3, 0.2, 0.1]), np.array([7, 8, 9]))
+    reserved = reserve_slots(ranked, session, 2)
     assert reserved.rows.tolist() == [2, 4, 0, 1, 3, 5]  # 5 is the third session candidate: it stays
     assert np.all(np.diff(reserved.scores) < 0) and reserved.scores[1] > 0.9
     np.testing.assert_array_equal(reserved.scores[2:], [0.9, 0.8, 0.6, 0.4])
     assert reserved.routes.tolist()[:2] == ["session", "session"]
+    # The moved ones carry the session route's own score and anchor (for the explanation).
+    np.testing.assert_array_equal(reserved.route_scores[:2], [0.2, 0.3])
+    assert reserved.anchors.tolist() == [8, 7, -1, -1, -1, -1]
     # No session candidate (no live session) or no slots: the ranked order stands.
-    assert reserve_slots(ranked, "similar", 2) is ranked
-    assert reserve_slots(ranked, "session", 0) is ranked
+    assert reserve_slots(ranked, Candidates.empty("session"), 2) is ranked
+    assert reserve_slots(ranked, session, 0) is ranked
+
+
+def test_session_slots_count_a_session_candidate_another_route_contributed_more_to() -> None:
+    # Row 1 was found by both routes and fused under two_tower's label (its larger contribution);
+    # it is still a session candidate, so it takes the first slot and says why it is there.
+    two_tower = Candidates("two_tower", np.array([1, 0, 3], np.int64), np.array([0.9, 0.8, 0.7]))
+    session = Candidates("session", np.array([2, 1], np.int64), np.array([0.5, 0.4]), np.array([6, 6]))
+    fused = fuse([(two_tower, 1.0), (session, 0.5)], fusion_k=60.0)
+    assert fused.routes[fused.rows.tolist().index(1)] == "two_tower"
+    ranked = rank(fused, np.array([0.9 - 0.1 * index for index in range(len(fused))]))
+    reserved = reserve_slots(ranked, session, 2)
+    assert sorted(reserved.rows[:2].tolist()) == [1, 2]
+    assert reserved.routes.tolist()[:2] == ["session", "session"] and reserved.anchors.tolist()[:2] == [6, 6]
+    assert set(reserved.routes[2:].tolist()) == {"two_tower"}
 
 
 def test_routing_table_checks_session_slots() -> None:
