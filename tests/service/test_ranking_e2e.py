@@ -147,6 +147,8 @@ def test_a_click_changes_the_next_ranked_list(ranking_setup: RankingSetup, train
     # The ranking model, trained on offline histories, barely moves for one click; home's session
     # slots put the best-ranked live-session candidates on top, so every next list reacts.
     events = canonical.read_table(str(trained_run.data_dir / features.EVENTS_FILE))
+    items = canonical.read_table(str(trained_run.data_dir / features.ITEMS_FILE))
+    category_of = dict(zip(items[features.ITEM_ID].astype(str), items[features.CATEGORY].astype(str)))
     users = [str(user) for user in events[features.USER_ID].value_counts().index[1:40:5]]
     url = ranking_setup.service.url
     for user_id in users:
@@ -154,8 +156,19 @@ def test_a_click_changes_the_next_ranked_list(ranking_setup: RankingSetup, train
         before = requests.post(f"{url}/recommend", json=request, timeout=30).json()
         assert before["ranking_model_version"] == ranking_setup.ranking_version
         shown = [item["item_id"] for item in before["items"]]
-        clicked = requests.post(f"{url}/events", json={"user_id": user_id, "item_id": shown[-1], "event_type": "click",
-                                                       "request_id": before["request_id"]}, timeout=30)
+        # The session route offers the clicked item's category, less what the user bought: click the
+        # last shown item whose category leaves it two candidates (the test shop has a 2-item category).
+        bought = set(events.loc[(events[features.USER_ID].astype(str) == user_id)
+                                & (events[features.EVENT_TYPE] == features.PURCHASE), features.ITEM_ID].astype(str))
+
+        def session_candidates(item_id: str) -> int:
+            return sum(category == category_of[item_id] and other != item_id and other not in bought
+                       for other, category in category_of.items())
+
+        clicked_item = next(item_id for item_id in reversed(shown) if session_candidates(item_id) >= 2)
+        clicked = requests.post(f"{url}/events", json={"user_id": user_id, "item_id": clicked_item,
+                                                       "event_type": "click", "request_id": before["request_id"]},
+                                timeout=30)
         assert clicked.status_code == 200, clicked.text
         after = requests.post(f"{url}/recommend", json=request, timeout=30).json()
         assert after["ranking_model_version"] == ranking_setup.ranking_version
