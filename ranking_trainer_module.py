@@ -68,12 +68,16 @@ def run_fn(fn_args: tfx.components.FnArgs) -> None:
     """TFX Trainer entry point; see the module docstring."""
     config = ranking_config(fn_args.custom_config)
     tft_output = tft.TFTransformOutput(fn_args.transform_output)
+    transform_layer = tft_output.transform_features_layer()
 
     def dataset(files: list[str], shuffle: bool) -> tf.data.Dataset:
-        return fn_args.data_accessor.tf_dataset_factory(
+        """Raw ranking examples, transformed here by the Transform graph (RankingTransform only
+        analyses: writing transformed copies cost more than applying the graph to each batch)."""
+        raw = fn_args.data_accessor.tf_dataset_factory(
             files, tfxio.TensorFlowDatasetOptions(batch_size=config.batch_size, num_epochs=1, shuffle=shuffle,
                                                   shuffle_seed=0),
-            tft_output.transformed_metadata.schema).cache()
+            tft_output.raw_metadata.schema)
+        return raw.map(transform_layer, num_parallel_calls=tf.data.AUTOTUNE).cache()
 
     train, evaluation = dataset(fn_args.train_files, True), dataset(fn_args.eval_files, False)
     steps_per_epoch = int(train.reduce(0, lambda count, _: count + 1))  # one pass, which fills the cache

@@ -146,10 +146,17 @@ class _Inputs:
             self.fitted[features.ITEM_ID_FEATURE.transformed_name], self.sizes.items)
 
     def dataset(self, files: list[str]) -> tf.data.Dataset:
-        """One unshuffled pass over Transform's examples in ``files``."""
-        return self._fn_args.data_accessor.tf_dataset_factory(
+        """One unshuffled pass over the raw examples in ``files``, through the Transform graph
+        (Transform only analyses: applying the graph per batch here costs less than writing and
+        reading a transformed copy)."""
+        raw = self._fn_args.data_accessor.tf_dataset_factory(
             files, tfxio.TensorFlowDatasetOptions(batch_size=8192, num_epochs=1, shuffle=False),
-            self.tft_output.transformed_metadata.schema)
+            self.tft_output.raw_metadata.schema)
+        return raw.map(self._transform_layer, num_parallel_calls=tf.data.AUTOTUNE)
+
+    @functools.cached_property
+    def _transform_layer(self) -> tf.keras.layers.Layer:
+        return self.tft_output.transform_features_layer()
 
     def validation(self) -> training.HeldOutValidation | None:
         """The held-out slice's NDCG@10 (None: no slice, or no user in it to evaluate)."""

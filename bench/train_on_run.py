@@ -56,7 +56,7 @@ def train_and_score(run: str, overrides: dict[str, object], work_dir: str) -> di
 
     root = os.path.join(run, "pipeline_root")
     graph = sorted(glob.glob(os.path.join(root, "Transform", "transform_graph", "*")))[-1]
-    examples = sorted(glob.glob(os.path.join(root, "Transform", "transformed_examples", "*")))[-1]
+    examples = sorted(glob.glob(os.path.join(root, "EventsExampleGen", "examples", "*")))[-1]
     items = os.path.join(run, "data", "items.csv")
 
     def factory(files, options, schema):

@@ -174,7 +174,10 @@ def create_pipeline(
                        "user_id_hash_buckets": train.user_id_hash_buckets},
         # StatisticsGen already profiled the raw data; Transform's own pre/post statistics
         # would double the component's time for nothing the pipeline reads.
-        disable_statistics=True)
+        disable_statistics=True,
+        # Analyse only: the Trainer (and Tuner) apply the graph to the raw examples as they read
+        # them, as the exported model does at serving; a transformed copy cost more to write.
+        materialize=False)
     custom_config = {field: getattr(train, field) for field in train.__dataclass_fields__}
     custom_config.update(history_length=split.history_length,
                          items_path=os.path.join(data_dir, features.ITEMS_FILE))
@@ -182,7 +185,7 @@ def create_pipeline(
     if tuner_trials > 0:
         tuner = tfx.components.Tuner(
             tuner_fn=TUNER_FN,
-            examples=transform.outputs["transformed_examples"],
+            examples=example_gen.outputs["examples"],
             transform_graph=transform.outputs["transform_graph"],
             schema=validated_schema,
             custom_config={**custom_config, "tuner_trials": tuner_trials})
@@ -195,7 +198,7 @@ def create_pipeline(
     ).with_id("latest_blessed_model_resolver")
     trainer = tfx.components.Trainer(
         run_fn=RUN_FN,
-        examples=transform.outputs["transformed_examples"],
+        examples=example_gen.outputs["examples"],
         transform_graph=transform.outputs["transform_graph"],
         schema=validated_schema,
         hyperparameters=tuner.outputs["best_hyperparameters"] if tuner else None,
@@ -244,12 +247,15 @@ def _ranking_branch(retrieval_model: tfx.dsl.Channel, data_dir: str, serving_dir
     ).with_id(RANKING_EXAMPLE_GEN)
     transform = tfx.components.Transform(
         examples=example_gen.outputs["examples"], schema=example_gen.outputs["schema"],
-        preprocessing_fn=RANKING_PREPROCESSING_FN, disable_statistics=True).with_id(RANKING_TRANSFORM)
+        preprocessing_fn=RANKING_PREPROCESSING_FN, disable_statistics=True,
+        # Analyse only: the RankingTrainer applies the graph to the raw examples as it reads them
+        # (the Evaluator scores raw examples anyway), instead of reading a transformed copy.
+        materialize=False).with_id(RANKING_TRANSFORM)
     custom_config = ranking.training_fields()
     custom_config.update(items_path=os.path.join(data_dir, features.ITEMS_FILE),
                          users_path=os.path.join(data_dir, features.USERS_FILE))
     trainer = tfx.components.Trainer(
-        run_fn=RANKING_RUN_FN, examples=transform.outputs["transformed_examples"],
+        run_fn=RANKING_RUN_FN, examples=example_gen.outputs["examples"],
         transform_graph=transform.outputs["transform_graph"], schema=example_gen.outputs["schema"],
         custom_config=custom_config).with_id(RANKING_TRAINER)
     last_blessed = tfx.dsl.Resolver(
