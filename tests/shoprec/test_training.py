@@ -133,10 +133,14 @@ def test_held_out_validation_uses_the_evaluators_protocol_and_learns():
 class _FakeTransformOutput:
     """What trainer_module._Inputs reads of TFTransformOutput, without a Transform run."""
 
-    transformed_metadata = type("Metadata", (), {"schema": None})()
+    raw_metadata = type("Metadata", (), {"schema": None})()
 
     def __init__(self, path: str):
         self.path = path
+
+    def transform_features_layer(self):
+        """The columns the fake factory yields are already transformed: the identity."""
+        return lambda batch: batch
 
     def vocabulary_size_by_name(self, name: str) -> int:
         rows = {F.ITEM_ID_VOCAB: SIZES.items - 1, f"{F.USER_ID_FEATURE.name}_vocab": SIZES.users,
