@@ -213,8 +213,10 @@ def train_model(inputs: _Inputs, began: float | None = None
                 ) -> tuple[two_tower.TwoTowerModel, training.FitResult, warm_start.WarmStartReport | None]:
     """Builds and fits the model on the train split's examples, early-stopping on its held-out
     slice (``began``: when the time budget started; default now); with ``refit``, then trains a
-    fresh model on all of them for the best epoch count. With ``warm_start``, both start from the
-    base model; the report says what was carried over (None: a cold start)."""
+    fresh model on all of them for the best epoch count, unless the time budget stopped the search
+    (the refit would spend the budget again on the same epochs; the search's model is kept). With
+    ``warm_start``, both start from the base model; the report says what was carried over (None: a
+    cold start)."""
     config = inputs.config
     tf.keras.utils.set_random_seed(config.seed)
     model = inputs.build_model(config)
@@ -222,7 +224,10 @@ def train_model(inputs: _Inputs, began: float | None = None
     validation = inputs.validation()
     result = training.fit(model, training.example_dataset(inputs.fitted, config), config,
                           validate=validation, log=logging.info, began=began)
-    if config.refit and validation is not None:
+    if config.refit and validation is not None and result.stopped_by == "time_budget":
+        logging.info("no refit: the %.0f s time budget stopped the search after %d epochs, and a refit "
+                     "would train as many again", config.time_budget_s, result.epochs_run)
+    elif config.refit and validation is not None:
         # The best epoch count, on every train example: the held-out slice is the latest data.
         every = {name: np.concatenate([inputs.fitted[name], inputs.held_out[name]]) for name in inputs.fitted}
         tf.keras.utils.set_random_seed(config.seed)

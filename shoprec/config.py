@@ -87,7 +87,8 @@ class TrainConfig:
     validate_every: int = 1  # epochs between validations
     time_budget_s: float = 60.0  # wall-time budget of the search in seconds (the refit comes after); 0: none
     # After early stopping, train a fresh model on every train example (the held-out slice too)
-    # for the best epoch count: the slice is the most recent data.
+    # for the best epoch count: the slice is the most recent data. Skipped when the time budget
+    # stopped the search: the refit would cost the search's epochs again, past the budget.
     refit: bool = True
     # Start from the last blessed model (the Trainer's base_model): its weights, with the id
     # vocabularies extended for new ids (shoprec.model.warm_start; docs/production_loop.md).

@@ -180,6 +180,18 @@ def test_the_trainer_early_stops_on_the_train_periods_slice_and_never_reads_eval
     assert result.refit_epochs == result.best_epoch  # then a fresh model on every train example
 
 
+def test_a_search_stopped_by_the_time_budget_is_not_refitted(monkeypatch):
+    """At 1M events the budget stops the search after one epoch; a refit would train that epoch
+    again on 11% more data, doubling the Trainer's time past the budget."""
+    monkeypatch.setattr(trainer_module.tft, "TFTransformOutput", _FakeTransformOutput)
+    config = TrainConfig(loss="full_softmax", optimizer="adam", learning_rate=0.01, batch_size=64,
+                         epochs=5, validation_fraction=0.2, time_budget_s=1e-3)
+    inputs = trainer_module._Inputs(_fn_args(_columns(600), config, []))
+    _, result, _ = trainer_module.train_model(inputs)
+    assert result.stopped_by == "time_budget" and result.epochs_run == 1
+    assert result.refit_epochs == 0
+
+
 def test_the_default_config_early_stops_within_a_budget_and_refits():
     config = TrainConfig()
     assert config.validation_fraction > 0 and config.time_budget_s > 0 and config.refit
