@@ -12,7 +12,7 @@ import dataclasses
 import json
 import math
 import os
-from typing import Any
+from typing import Any, Callable
 
 import tensorflow as tf
 import tensorflow_transform as tft
@@ -52,6 +52,23 @@ def epochs_within(config: RankingConfig, steps_per_epoch: int) -> int:
     return max(1, min(config.epochs, math.floor(config.max_steps / max(steps_per_epoch, 1))))
 
 
+def example_batches(raw: tf.data.Dataset, transform_layer: Callable[[dict], dict], config: RankingConfig,
+                    shuffle: bool) -> tf.data.Dataset:
+    """Batches of ``config.batch_size`` transformed examples, from batches of raw ones.
+
+    The Transform graph is applied here (RankingTransform only analyses: writing transformed
+    copies cost more than applying the graph to each batch). RankingExampleGen writes the
+    examples in time order; with ``shuffle`` they are shuffled whole (up to
+    ``config.shuffle_buffer``), afresh each epoch, after the cache. TFXIO's own shuffle holds
+    10,000 records, so its batches drifted through the train period in time order, and a cache
+    after it froze that order for every epoch.
+    """
+    examples = raw.map(transform_layer, num_parallel_calls=tf.data.AUTOTUNE).unbatch().cache()
+    if shuffle:
+        examples = examples.shuffle(config.shuffle_buffer, seed=0, reshuffle_each_iteration=True)
+    return examples.batch(config.batch_size)
+
+
 def _train(kind: str, config: RankingConfig, rows: dict[str, int], train: tf.data.Dataset,
            evaluation: tf.data.Dataset, epochs: int) -> tuple[ranking.RankingModel, dict[str, float]]:
     tf.keras.utils.set_random_seed(0)
@@ -71,13 +88,10 @@ def run_fn(fn_args: tfx.components.FnArgs) -> None:
     transform_layer = tft_output.transform_features_layer()
 
     def dataset(files: list[str], shuffle: bool) -> tf.data.Dataset:
-        """Raw ranking examples, transformed here by the Transform graph (RankingTransform only
-        analyses: writing transformed copies cost more than applying the graph to each batch)."""
         raw = fn_args.data_accessor.tf_dataset_factory(
-            files, tfxio.TensorFlowDatasetOptions(batch_size=config.batch_size, num_epochs=1, shuffle=shuffle,
-                                                  shuffle_seed=0),
+            files, tfxio.TensorFlowDatasetOptions(batch_size=config.batch_size, num_epochs=1, shuffle=False),
             tft_output.raw_metadata.schema)
-        return raw.map(transform_layer, num_parallel_calls=tf.data.AUTOTUNE).cache()
+        return example_batches(raw, transform_layer, config, shuffle)
 
     train, evaluation = dataset(fn_args.train_files, True), dataset(fn_args.eval_files, False)
     steps_per_epoch = int(train.reduce(0, lambda count, _: count + 1))  # one pass, which fills the cache

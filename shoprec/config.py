@@ -162,6 +162,9 @@ class RankingConfig:
     # 625 steps; at 1M events an epoch is 1,245, and it trains two (docs/pipeline.md).
     max_steps: int = 3000
     batch_size: int = 512
+    # Train impressions shuffled together, afresh each epoch (RankingExampleGen writes them in time
+    # order): the whole train split up to this many (about 640,000 at 1M events).
+    shuffle_buffer: int = 1_000_000
     learning_rate: float = 0.01
     # The logistic-regression baseline (same features, same run) is convex: it gets its own, larger step.
     baseline_learning_rate: float = 0.03
@@ -177,7 +180,7 @@ class RankingConfig:
     sampled_negatives: int = 4
 
     def __post_init__(self) -> None:
-        for name in ("epochs", "max_steps", "batch_size", "cross_layers"):
+        for name in ("epochs", "max_steps", "batch_size", "shuffle_buffer", "cross_layers"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if not 0.0 <= self.min_auc <= 1.0:
