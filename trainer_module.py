@@ -224,10 +224,11 @@ def train_model(inputs: _Inputs, began: float | None = None
     validation = inputs.validation()
     result = training.fit(model, training.example_dataset(inputs.fitted, config), config,
                           validate=validation, log=logging.info, began=began)
-    if config.refit and validation is not None and result.stopped_by == "time_budget":
+    may_refit = config.refit and validation is not None
+    if may_refit and result.stopped_by == training.STOPPED_BY_TIME_BUDGET:
         logging.info("no refit: the %.0f s time budget stopped the search after %d epochs, and a refit "
                      "would train as many again", config.time_budget_s, result.epochs_run)
-    elif config.refit and validation is not None:
+    elif may_refit:
         # The best epoch count, on every train example: the held-out slice is the latest data.
         every = {name: np.concatenate([inputs.fitted[name], inputs.held_out[name]]) for name in inputs.fitted}
         tf.keras.utils.set_random_seed(config.seed)

@@ -71,6 +71,9 @@ def build_model(sizes: two_tower.VocabularySizes, config: TrainConfig, history_l
     return model
 
 
+STOPPED_BY_TIME_BUDGET = "time_budget"  # FitResult.stopped_by when the budget ended the search
+
+
 @dataclasses.dataclass
 class FitResult:
     """What :func:`fit` did.
@@ -83,7 +86,7 @@ class FitResult:
       train_seconds: wall seconds of gradient steps.
       valid_seconds: wall seconds of validations.
       total_seconds: wall seconds of the whole call.
-      stopped_by: ``"patience"``, ``"epochs"`` or ``"time_budget"``.
+      stopped_by: ``"patience"``, ``"epochs"`` or :data:`STOPPED_BY_TIME_BUDGET`.
       refit_epochs: epochs of a refit on all the data after the search (0: none).
     """
 
@@ -156,7 +159,7 @@ def fit(model: two_tower.TwoTowerModel, dataset: tf.data.Dataset, config: TrainC
                 stopped_by = "patience"
                 break
         if out_of_time and epoch != config.epochs:
-            stopped_by = "time_budget"
+            stopped_by = STOPPED_BY_TIME_BUDGET
             break
     if best_weights is not None:
         model.set_weights(best_weights)
